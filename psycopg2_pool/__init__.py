@@ -1,0 +1,31 @@
+"""Connection pools for psycopg2.
+
+Drop-in for psycopg2.pool, for psycopg2-pool 1.2, and psycopg_pool 3.3-style
+pools running on psycopg2.
+"""
+
+try:
+    import psycopg2  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "psycopg2_pool needs psycopg2: install it with 'pip install psycopg2' "
+        "(builds against your libpq) or 'pip install \"psycopg2_pool[binary]\"' "
+        "(prebuilt psycopg2-binary)"
+    ) from exc
+
+from .engine import AbstractConnectionPool
+from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from .legacy import PersistentConnectionPool, SimpleConnectionPool, ThreadedConnectionPool
+
+__all__ = [
+    "AbstractConnectionPool",
+    "PersistentConnectionPool",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "SimpleConnectionPool",
+    "ThreadedConnectionPool",
+    "TooManyRequests",
+]
+
+__version__ = "0.1.0"
