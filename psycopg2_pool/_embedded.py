@@ -103,7 +103,7 @@ class EmbeddedServer:
             base = self.bin_dir.parent / sub
             if not base.exists():
                 continue
-            for dirpath, dirnames, filenames in os.walk(base):
+            for dirpath, _dirnames, filenames in os.walk(base):
                 Path(dirpath).chmod(Path(dirpath).stat().st_mode | 0o055)
                 for name in filenames:
                     file = Path(dirpath, name)

@@ -11,6 +11,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Hashable
+from time import monotonic
 from typing import Any
 
 import psycopg2
@@ -126,6 +127,8 @@ class AbstractConnectionPool:
     #: Keep every healthy returned connection (and let idle ones time out),
     #: rather than only up to ``minconn`` idle ones.
     _keep_all = False
+    #: Restore every returned connection outside the lock, even idle ones.
+    _always_settle = False
 
     def _restore(self, conn: Connection) -> bool:
         """Bring a returned connection back to idle, outside the lock.
@@ -153,11 +156,14 @@ class AbstractConnectionPool:
     def _closed_error(self) -> PoolError:
         return PoolError("connection pool is closed")
 
+    def _unkeyed_error(self, conn: Any) -> PoolError:
+        return PoolError("trying to put unkeyed connection")
+
     # -- the engine ------------------------------------------------------------
 
     def _connect(self, key: Hashable | None = None) -> Connection:
         """Create a new connection and assign it to ``key`` if not None."""
-        conn = psycopg2.connect(*self._args, **self._kwargs)
+        conn: Connection = psycopg2.connect(*self._args, **self._kwargs)
         with self._mutex:
             if key is not None:
                 self._used[key] = conn
@@ -212,16 +218,31 @@ class AbstractConnectionPool:
 
     def _wait(self, waiter: Waiter, timeout: float | None) -> Connection:
         """Sleep until ``waiter`` is served; give up after ``timeout`` seconds."""
-        if not waiter.sleep(timeout):
+        started = monotonic()
+        try:
+            served = waiter.sleep(timeout)
+        except BaseException:
+            # Interrupted (KeyboardInterrupt...): leave the queue, or give back
+            # what arrived meanwhile, so that no connection is lost.
             with self._mutex:
-                if waiter.conn is None and waiter.error is None:
-                    self._waiters.remove(waiter)
-                    raise self._timeout_error(waiter, timeout)
-            # Served (or failed) just as the time ran out: the signal is set.
+                if waiter.conn is None:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                    raise
+            self._putconn(waiter.conn, waiter.key)
+            raise
+        with self._mutex:
+            if not served and waiter.conn is None and waiter.error is None:
+                self._waiters.remove(waiter)
+                waiter.error = self._timeout_error(waiter, timeout)
+            self._note_wait(waiter, monotonic() - started)
         if waiter.error is not None:
             raise waiter.error
         assert waiter.conn is not None
         return waiter.conn
+
+    def _note_wait(self, waiter: Waiter, seconds: float) -> None:
+        """Called under the lock after a client waited (served or not)."""
 
     def _timeout_error(self, waiter: Waiter, timeout: float | None) -> PoolError:
         return PoolError("connection pool exhausted")
@@ -253,16 +274,21 @@ class AbstractConnectionPool:
             if key is None:
                 key = self._rused.get(id(conn))
                 if key is None:
-                    raise PoolError("trying to put unkeyed connection")
+                    raise self._unkeyed_error(conn)
             elif conn is None:
                 conn = self._used.get(key)
                 if conn is None:
                     raise PoolError(f"no connection is held by key {key!r}")
             del self._used[key]
             del self._rused[id(conn)]
-            if not close and not conn.closed and conn.get_transaction_status() == _IDLE:
+            if (
+                not close
+                and not self._always_settle
+                and not conn.closed
+                and conn.get_transaction_status() == _IDLE
+            ):
                 # The common case, decided without I/O.
-                if self._keep_all or len(self._pool) < self.minconn:
+                if self._waiters or self._keep_all or len(self._pool) < self.minconn:
                     if self._waiters:
                         self._release(conn)
                     else:
@@ -276,17 +302,23 @@ class AbstractConnectionPool:
 
     def _settle(self, conn: Connection, close: bool) -> None:
         """Finish a return outside the lock: restore ``conn``, then keep or close it."""
-        healthy = False
+        healthy = kept = False
         try:
             healthy = not close and self._restore(conn)
         finally:
             with self._mutex:
                 self._pending -= 1
-                if healthy and not self.closed and (self._keep_all or len(self._pool) < self.minconn):
+                kept = (
+                    healthy
+                    and not self.closed
+                    and bool(self._waiters or self._keep_all or len(self._pool) < self.minconn)
+                )
+                if kept:
                     self._release(conn)
-                    return
-        self._close_quietly(conn)
-        self._discarded(conn, broken=not close and not healthy)
+            if not kept:
+                self._close_quietly(conn)
+        if not kept:
+            self._discarded(conn, broken=not close and not healthy)
 
     def _refill(self) -> None:
         """Open connections back up to ``minconn`` (legacy pools have no workers)."""
@@ -296,18 +328,20 @@ class AbstractConnectionPool:
                     return
                 self._pending += 1
             try:
-                conn = psycopg2.connect(*self._args, **self._kwargs)
-            except psycopg2.Error as exc:
+                # Through _connect, so that subclasses configure these too.
+                conn = self._connect()
+            except Exception as exc:
                 logger.warning("cannot refill the pool to minconn: %s", exc)
+                return
+            finally:
                 with self._mutex:
                     self._pending -= 1
-                return
             with self._mutex:
-                self._pending -= 1
                 if not self.closed:
-                    self._release(conn)
                     continue
-            conn.close()
+                if conn in self._pool:
+                    self._pool.remove(conn)
+            self._close_quietly(conn)
             return
 
     def _size(self) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Hashable
 from typing import Any
 
 from .engine import AbstractConnectionPool, Connection
@@ -65,7 +64,10 @@ class PersistentConnectionPool(AbstractConnectionPool):
     """
 
     def __init__(self, minconn: int, maxconn: int, *args: Any, **kwargs: Any) -> None:
-        warnings.warn("deprecated: use ZPsycopgDA.pool implementation", DeprecationWarning)
+        # stacklevel=1, as psycopg2 2.7 did: the same filters apply to it.
+        warnings.warn(
+            "deprecated: use ZPsycopgDA.pool implementation", DeprecationWarning, stacklevel=1
+        )
         super().__init__(minconn, maxconn, *args, **kwargs)
         self._lock = self._mutex
         self._owners: dict[int, threading.Thread] = {}
