@@ -13,17 +13,27 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "(prebuilt psycopg2-binary)"
     ) from exc
 
+from . import _psycopg2_compat
 from .engine import AbstractConnectionPool
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .legacy import PersistentConnectionPool, SimpleConnectionPool, ThreadedConnectionPool
+from .null_pool import NullConnectionPool
+from .pool import ConnectionPool, ThreadSafeConnectionPool
+from .wrapper import PooledConnection
+
+_psycopg2_compat.install()
 
 __all__ = [
     "AbstractConnectionPool",
+    "ConnectionPool",
+    "NullConnectionPool",
     "PersistentConnectionPool",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
+    "PooledConnection",
     "SimpleConnectionPool",
+    "ThreadSafeConnectionPool",
     "ThreadedConnectionPool",
     "TooManyRequests",
 ]

@@ -1,0 +1,92 @@
+"""NullConnectionPool: psycopg_pool's pool that keeps no connection idle.
+
+Every checkout opens a connection and every return closes it, unless a client
+is waiting for it; ``max_size`` still caps how many are open at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+from . import stats as S
+from .engine import Waiter
+from .errors import PoolTimeout, TooManyRequests
+from .pool import ConnectionPool
+
+__all__ = ["NullConnectionPool"]
+
+
+class NullConnectionPool(ConnectionPool):
+    """A pool that opens a connection per checkout and closes it on return.
+
+    Useful behind an external pooler (PgBouncer) or to cap concurrency with
+    the pool's API and no idle connections. ``max_size=None`` (the default)
+    means no limit.
+    """
+
+    _keep_all = False
+
+    def __init__(self, conninfo: Any = "", *, min_size: int = 0, **kwargs: Any) -> None:
+        super().__init__(conninfo, min_size=min_size, **kwargs)
+
+    @staticmethod
+    def _check_size(min_size: Any, max_size: Any) -> tuple[int, int]:
+        if max_size is None:
+            max_size = min_size
+        if isinstance(min_size, bool) or not isinstance(min_size, int):
+            raise TypeError(f"min_size must be an integer, got {min_size!r}")
+        if isinstance(max_size, bool) or not isinstance(max_size, int):
+            raise TypeError(f"max_size must be an integer, got {max_size!r}")
+        if min_size != 0:
+            raise ValueError("null pools must have min_size = 0")
+        if max_size < min_size:
+            raise ValueError("max_size must be greater or equal than min_size")
+        return min_size, max_size
+
+    @property
+    def _limit(self) -> float:
+        return self.maxconn or float("inf")
+
+    def _start_filling(self) -> None:
+        pass  # nothing to keep, nothing to sweep
+
+    def _when_empty(self, key: Hashable) -> Waiter | None:
+        if self._size() < self._limit:
+            self._pending += 1
+            return None  # the client connects (psycopg_pool does the same)
+        if self.max_waiting and len(self._waiters) >= self.max_waiting:
+            self._stats[S.REQUESTS_ERRORS] += 1
+            raise TooManyRequests(
+                f"the pool {self.name!r} has already {len(self._waiters)} requests waiting"
+            )
+        waiter = Waiter(key)
+        self._waiters.append(waiter)
+        self._stats[S.REQUESTS_QUEUED] += 1
+        return waiter
+
+    def _replace(self) -> None:
+        pass
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Check that a connection can be made, within ``timeout`` seconds."""
+        with self._mutex:
+            if self.closed:
+                raise self._closed_error()
+        try:
+            conn = self._new_connection(connect_timeout=timeout)
+        except Exception as exc:
+            self.close()
+            raise PoolTimeout(
+                f"pool {self.name!r} initialization incomplete after {timeout} sec"
+            ) from exc
+        self._drop(conn)
+
+    def check(self) -> None:
+        """Nothing to check: the pool holds no idle connection."""
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change ``max_size``; ``min_size`` must stay 0."""
+        min_size, max_size = self._check_size(min_size, max_size)
+        with self._mutex:
+            self.maxconn = max_size

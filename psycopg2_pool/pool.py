@@ -1,0 +1,832 @@
+"""ConnectionPool: psycopg_pool 3.3's pool, and psycopg2-pool 1.2's, on the engine.
+
+Clients wait in line and are served first come, first served; background
+workers open connections, replace broken or expired ones and close the ones
+that stayed idle too long.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+import threading
+import warnings
+from collections import Counter
+from collections.abc import Callable, Hashable
+from time import monotonic
+from types import TracebackType
+from typing import Any, TypeVar, Union, cast
+
+import psycopg2
+from psycopg2 import extensions as _ext
+
+from . import stats as S
+from ._masking import mask_dsn, mask_text
+from .engine import AbstractConnectionPool, Connection, Waiter
+from .errors import (
+    ConnectionReturned,
+    PoolClosed,
+    PoolError,
+    PoolExhausted,
+    PoolTimeout,
+    TooManyRequests,
+)
+from .workers import Backoff, Workers
+from .wrapper import RETURNED, PooledConnection
+
+__all__ = ["ConnectionPool", "ThreadSafeConnectionPool"]
+
+logger = logging.getLogger("psycopg2_pool")
+
+ConnectionCB = Callable[[Any], None]
+ConninfoParam = Union[str, Callable[[], str]]
+KwargsParam = Union[dict[str, Any], Callable[[], dict[str, Any]]]
+_P = TypeVar("_P", bound="ConnectionPool")
+
+_IDLE = _ext.TRANSACTION_STATUS_IDLE
+_STATUS_NAMES = {
+    _ext.TRANSACTION_STATUS_IDLE: "IDLE",
+    _ext.TRANSACTION_STATUS_ACTIVE: "ACTIVE",
+    _ext.TRANSACTION_STATUS_INTRANS: "INTRANS",
+    _ext.TRANSACTION_STATUS_INERROR: "INERROR",
+    _ext.TRANSACTION_STATUS_UNKNOWN: "UNKNOWN",
+}
+# Keywords that only psycopg2-pool 1.2 code passes.
+_V12_KEYWORDS = frozenset(("minconn", "maxconn", "idle_timeout"))
+_names = itertools.count(1)
+
+
+class _Life:
+    """What the pool remembers about one of its connections."""
+
+    __slots__ = ("expires", "idle_since")
+
+    def __init__(self, expires: float, now: float) -> None:
+        self.expires = expires
+        self.idle_since = now
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _check_seconds(name: str, value: Any, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'positive' if positive else 'zero or more'}: {value}")
+    return float(value)
+
+
+class _ConnectionContext:
+    """What ``pool.connection()`` returns: checks out on enter, gives back on exit."""
+
+    __slots__ = ("handle", "pool", "started", "timeout")
+
+    def __init__(self, pool: ConnectionPool, timeout: float | None) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    def __enter__(self) -> PooledConnection:
+        self.handle = self.pool.getconn(self.timeout)
+        self.started = monotonic()
+        return self.handle
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.handle.__exit__(exc_type, exc, tb)
+        finally:
+            # Approximate under concurrency, as in psycopg_pool: no lock for a duration sum.
+            self.pool._stats[S.USAGE_MS] += int(1000.0 * (monotonic() - self.started))
+
+
+class ConnectionPool(AbstractConnectionPool):
+    """A psycopg_pool-style pool of psycopg2 connections.
+
+    ``with pool.connection() as conn:`` checks a connection out, commits (or
+    rolls back) at the end of the block and gives it back. Clients that find
+    no connection wait in line for up to ``timeout`` seconds while background
+    workers open more, up to ``max_size``. Called with psycopg2-pool 1.2's
+    keywords (``minconn``, ``maxconn``, ``idle_timeout``) it behaves as that
+    package did: see :class:`ThreadSafeConnectionPool`.
+    """
+
+    _keep_all = True
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is ConnectionPool and _V12_KEYWORDS.intersection(kwargs):
+            cls = ThreadSafeConnectionPool
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        conninfo: ConninfoParam = "",
+        *,
+        connection_class: type[Connection] = Connection,
+        kwargs: KwargsParam | None = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: ConnectionCB | None = None,
+        check: ConnectionCB | None = None,
+        reset: ConnectionCB | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: Callable[[ConnectionPool], None] | None = None,
+        num_workers: int = 3,
+        **connect_kwargs: Any,
+    ) -> None:
+        min_size, max_size = self._check_size(min_size, max_size)
+        self._setup(min_size, max_size, (), {})
+        self.closed = True
+        self._opened = False
+        self._open_implicit = False
+
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self._connect_kwargs = connect_kwargs
+        self.connection_class = connection_class
+        self._configure = configure
+        self._check = check
+        self._reset = reset
+        self._reconnect_failed = reconnect_failed
+        self.name = name if name else f"pool-{next(_names)}"
+        self.close_returns = bool(close_returns)
+        self.timeout = _check_seconds("timeout", timeout)
+        self.max_waiting = _check_int("max_waiting", max_waiting, 0)
+        self.max_lifetime = _check_seconds("max_lifetime", max_lifetime, positive=True)
+        self.max_idle = _check_seconds("max_idle", max_idle, positive=True)
+        self.reconnect_timeout = _check_seconds("reconnect_timeout", reconnect_timeout)
+        self.num_workers = _check_int("num_workers", num_workers, 1)
+
+        # A reset callback must run on every return: no fast path then.
+        self._always_settle = reset is not None
+        self._stats: Counter[str] = Counter()
+        self._requests = 0  # requests_num, kept apart: it is counted on the hot path
+        self._handle_class = PooledConnection.for_pool(self)
+        self._new_handle = self._handle_class.__new__
+        self._lives: dict[int, _Life] = {}
+        self._growing = False
+        self._oversize = False
+        self._filled = threading.Condition(self._mutex)
+        self._workers: Workers | None = None
+        self._secrets = self._find_secrets()
+
+        if open is None:
+            open = self._open_implicit = True
+        if open:
+            self._open()
+
+    # -- properties and presentation ---------------------------------------------------
+
+    @property
+    def min_size(self) -> int:
+        """The number of connections the pool keeps open even when idle."""
+        return int(self.minconn)
+
+    @property
+    def max_size(self) -> Any:
+        """The most connections the pool opens at once."""
+        return self.maxconn
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
+
+    def _find_secrets(self) -> tuple[str, ...]:
+        found = []
+        for source in (self._connect_kwargs, self.kwargs):
+            if isinstance(source, dict):
+                for key in ("password", "dsn"):
+                    value = source.get(key)
+                    if key == "password" and isinstance(value, str):
+                        found.append(value)
+        return tuple(found)
+
+    def _masked(self, error: BaseException) -> str:
+        return mask_text(str(error), self._secrets)
+
+    @staticmethod
+    def _check_size(min_size: Any, max_size: Any) -> tuple[int, int]:
+        _check_int("min_size", min_size, 0)
+        if max_size is None:
+            max_size = min_size
+        _check_int("max_size", max_size, 0)
+        if max_size < min_size:
+            raise ValueError(
+                f"max_size must be greater or equal than min_size: {max_size} < {min_size}"
+            )
+        if min_size == max_size == 0:
+            raise ValueError("if min_size is 0 max_size must be greater than 0")
+        return min_size, max_size
+
+    # -- opening and closing --------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Open the pool: start the workers that fill it to ``min_size``.
+
+        Opening an open pool does nothing; a closed pool cannot be opened again.
+        With ``wait``, block until ``min_size`` connections are ready (see :meth:`wait`).
+        """
+        self._open()
+        if wait:
+            self.wait(timeout)
+
+    def _open(self) -> None:
+        with self._mutex:
+            if not self.closed:
+                return
+            if self._opened:
+                raise PoolClosed("pool has already been opened/closed and cannot be reused")
+            self.closed = False
+            self._opened = True
+            self._workers = Workers(self.name, self.num_workers)
+            self._start_filling()
+        logger.info("pool %r opened", self.name)
+
+    def _start_filling(self) -> None:
+        """Under the lock, on open: ask the workers for ``min_size`` connections."""
+        assert self._workers is not None
+        for _ in range(self.minconn):
+            self._pending += 1
+            self._workers.submit(self._add_connection)
+        self._workers.schedule(self._sweep_interval(), self._sweep)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until the pool holds ``min_size`` connections.
+
+        On timeout close the pool and raise :class:`PoolTimeout`: use it at start
+        to fail fast when the database is unreachable.
+        """
+        with self._mutex:
+            if self.closed:
+                raise self._closed_error()
+        logger.info("waiting for pool %r initialization", self.name)
+        with self._filled:
+            ready = self._filled.wait_for(
+                lambda: self.closed or len(self._pool) >= self.minconn, timeout
+            )
+            closed = self.closed
+        if closed:
+            raise self._closed_error()
+        if not ready:
+            self.close()
+            raise PoolTimeout(f"pool {self.name!r} initialization incomplete after {timeout} sec")
+        logger.info("pool %r is ready to use", self.name)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: waiting and new clients get :class:`PoolClosed`.
+
+        Idle connections are closed now; connections in use are closed when
+        they are given back. Wait up to ``timeout`` seconds for the workers.
+        """
+        with self._mutex:
+            if self.closed:
+                return
+            self.closed = True
+            waiters = list(self._waiters)
+            self._waiters.clear()
+            idle = self._pool[:]
+            self._pool.clear()
+            workers, self._workers = self._workers, None
+            self._filled.notify_all()
+        if workers is not None:
+            workers.stop(timeout)
+        for conn in idle:
+            self._drop(conn)
+        for waiter in waiters:
+            waiter.fail(PoolClosed(f"the pool {self.name!r} is closed"))
+        logger.info("pool %r closed", self.name)
+
+    def __enter__(self: _P) -> _P:
+        self._open_implicit = False
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        workers = getattr(self, "_workers", None)
+        if workers is not None and not getattr(self, "closed", True):
+            workers.stop(0.0)
+
+    def _closed_error(self) -> PoolError:
+        if self._opened:
+            return PoolClosed(f"the pool {self.name!r} is already closed")
+        return PoolClosed(f"the pool {self.name!r} is not open yet")
+
+    # -- checkout -----------------------------------------------------------------
+
+    def connection(self, timeout: float | None = None) -> _ConnectionContext:
+        """Context manager: a connection for the ``with`` block.
+
+        Wait up to ``timeout`` (default: the pool's) for one. At the end of the
+        block commit, or roll back if it raised, and give the connection back.
+        """
+        return _ConnectionContext(self, timeout)
+
+    def getconn(self, timeout: float | None = None) -> PooledConnection:
+        """Check a connection out; wait up to ``timeout`` seconds for one.
+
+        Give it back with :meth:`putconn` (or use it as a context manager):
+        a connection never given back is lost to the pool.
+        """
+        if self._open_implicit:
+            self._warn_implicit_open()
+        if timeout is None:
+            timeout = self.timeout
+        conn = self._getconn(None, timeout)
+        if self._check is not None:
+            conn = self._checked(conn, monotonic() + timeout, timeout)
+        handle = cast(PooledConnection, self._rused[id(conn)])
+        # Set here, not in wrapt's constructor: that one copies __module__ and
+        # __doc__ from the connection, and the failed lookup costs an exception.
+        handle.__wrapped__ = conn
+        return handle
+
+    def _getkey(self) -> Hashable:
+        # Called under the lock for every request: the place to count them.
+        # The key is the (still empty) handle the client will get.
+        self._requests += 1
+        return self._new_handle(self._handle_class)
+
+    def _warn_implicit_open(self) -> None:
+        self._open_implicit = False
+        warnings.warn(
+            f"the default for the {type(self).__name__} 'open' parameter will become"
+            " 'False' in a future release. Please use open={True|False} explicitly,"
+            f" or use the pool as context manager using: `with {type(self).__name__}(...)"
+            " as pool: ...`",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+
+    def _when_empty(self, key: Hashable) -> Waiter | None:
+        if self.max_waiting and len(self._waiters) >= self.max_waiting:
+            self._stats[S.REQUESTS_ERRORS] += 1
+            raise TooManyRequests(
+                f"the pool {self.name!r} has already {len(self._waiters)} requests waiting"
+            )
+        waiter = Waiter(key)
+        self._waiters.append(waiter)
+        self._stats[S.REQUESTS_QUEUED] += 1
+        self._grow()
+        return waiter
+
+    def _note_wait(self, waiter: Waiter, seconds: float) -> None:
+        self._stats[S.REQUESTS_WAIT_MS] += int(1000.0 * seconds)
+
+    def _timeout_error(self, waiter: Waiter, timeout: float | None) -> PoolError:
+        self._stats[S.REQUESTS_ERRORS] += 1
+        return PoolTimeout(f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec")
+
+    def _grow(self) -> None:
+        """Under the lock: open one more connection if allowed and not already doing so."""
+        if self._growing or self._size() >= self.maxconn or self._workers is None:
+            return
+        self._growing = True
+        self._pending += 1
+        logger.info("growing pool %r to %s", self.name, self._size())
+        self._workers.submit(lambda: self._add_connection(growing=True))
+
+    def _checked(self, conn: Connection, deadline: float, timeout: float) -> Connection:
+        """Run the ``check`` callback; replace connections that fail it."""
+        assert self._check is not None
+        while True:
+            try:
+                self._check(conn)
+            except Exception as exc:
+                logger.info("connection failed check: %s", self._masked(exc))
+                self._discard_checked_out(conn, lost=True)
+            else:
+                return conn
+            conn = self._getconn(None, max(0.0, deadline - monotonic()))
+
+    def _discard_checked_out(self, conn: Connection, lost: bool) -> None:
+        with self._mutex:
+            key = self._rused.get(id(conn))
+            if key is not None:
+                self._forget(key)
+            if lost:
+                self._stats[S.CONNECTIONS_LOST] += 1
+        self._drop(conn)
+        self._replace()
+
+    # -- return -------------------------------------------------------------------
+
+    def putconn(self, conn: Any) -> None:
+        """Give back a connection (the handle, or the real connection it wraps)."""
+        if type(conn) is self._handle_class:
+            real = conn.__wrapped__
+            if real is RETURNED:
+                raise ConnectionReturned("this connection was already returned to the pool")
+            conn.__wrapped__ = RETURNED
+            handle = conn
+        elif isinstance(conn, PooledConnection):
+            raise PoolError(
+                f"can't return connection to pool {self.name!r}:"
+                f" it comes from pool {conn._self_pool.name!r}"
+            )
+        else:
+            real = conn
+            key = self._rused.get(id(real))
+            if type(key) is not self._handle_class:
+                raise self._unkeyed_error(conn)
+            handle = key
+            handle.__wrapped__ = RETURNED
+        life = self._lives.get(id(real))
+        now = monotonic()
+        close = life is None or life.expires <= now or (self._oversize and self._over_max())
+        if life is not None:
+            life.idle_since = now
+        try:
+            self._putconn(real, handle, close)
+        except KeyError:
+            # Another thread gave the same handle back at the same moment.
+            raise ConnectionReturned("this connection was already returned to the pool") from None
+        except PoolClosed:
+            # Closed meanwhile: the connection goes with the pool.
+            with self._mutex:
+                key = self._rused.get(id(real))
+                if key is not None:
+                    self._forget(key)
+            self._drop(real)
+
+    def _unkeyed_error(self, conn: Any) -> PoolError:
+        return PoolError(
+            f"can't return connection to pool {self.name!r}: it was not checked out of it,"
+            " or was already returned"
+        )
+
+    def _over_max(self) -> bool:
+        with self._mutex:
+            over = bool(self._size() > self.maxconn)
+            if not over:
+                self._oversize = False
+            return over
+
+    def _restore(self, conn: Connection) -> bool:
+        if conn.closed:
+            return False
+        status = conn.get_transaction_status()
+        if status != _IDLE and status != _ext.TRANSACTION_STATUS_UNKNOWN:
+            logger.warning("rolling back returned connection: %r", conn)
+        if not super()._restore(conn):
+            return False
+        if self._reset is not None:
+            try:
+                self._reset(conn)
+                status = conn.get_transaction_status()
+                if status != _IDLE:
+                    raise psycopg2.ProgrammingError(
+                        f"connection left in status {_STATUS_NAMES.get(status, status)}"
+                        f" by reset function {self._reset!r}: discarded"
+                    )
+            except Exception as exc:
+                logger.warning("error resetting connection: %s", self._masked(exc))
+                return False
+        return True
+
+    def _discarded(self, conn: Connection, broken: bool) -> None:
+        self._lives.pop(id(conn), None)
+        if broken:
+            with self._mutex:
+                self._stats[S.RETURNS_BAD] += 1
+            logger.warning("discarding broken connection returned to %r", self.name)
+        self._replace()
+
+    def _replace(self) -> None:
+        """Open a connection to make up for one closed, if the pool needs it."""
+        with self._mutex:
+            if self.closed or self._workers is None:
+                return
+            size = self._size()
+            if size < self.minconn or (self._waiters and size < self.maxconn):
+                self._pending += 1
+                self._workers.submit(self._add_connection)
+
+    def _drop(self, conn: Connection) -> None:
+        self._lives.pop(id(conn), None)
+        self._close_quietly(conn)
+
+    # -- connecting ---------------------------------------------------------------
+
+    def _connect(self, key: Hashable | None = None) -> Connection:
+        conn = self._new_connection()
+        with self._mutex:
+            if key is not None:
+                self._used[key] = conn
+                self._rused[id(conn)] = key
+            else:
+                self._release(conn)
+        return conn
+
+    def _new_connection(self, connect_timeout: float | None = None) -> Connection:
+        """Open and configure a connection; nothing in the pool knows of it yet."""
+        conninfo = self.conninfo() if callable(self.conninfo) else self.conninfo
+        kwargs = self.kwargs() if callable(self.kwargs) else (self.kwargs or {})
+        if self._connect_kwargs:
+            kwargs = {**self._connect_kwargs, **kwargs}
+        if connect_timeout is not None:
+            kwargs = {**kwargs, "connect_timeout": max(round(connect_timeout), 1)}
+        with self._mutex:
+            self._stats[S.CONNECTIONS_NUM] += 1
+        started = monotonic()
+        try:
+            if "dsn" not in kwargs:
+                kwargs = {**kwargs, "dsn": conninfo or ""}
+            conn: Connection = psycopg2.connect(connection_factory=self.connection_class, **kwargs)
+        except Exception:
+            with self._mutex:
+                self._stats[S.CONNECTIONS_ERRORS] += 1
+            raise
+        now = monotonic()
+        with self._mutex:
+            self._stats[S.CONNECTIONS_MS] += int(1000.0 * (now - started))
+        if self._configure is not None:
+            try:
+                self._configure(conn)
+                status = conn.get_transaction_status()
+                if status != _IDLE:
+                    raise psycopg2.ProgrammingError(
+                        f"connection left in status {_STATUS_NAMES.get(status, status)}"
+                        f" by configure function {self._configure!r}: discarded"
+                    )
+            except BaseException:
+                self._close_quietly(conn)
+                raise
+        # Up to 10% earlier than max_lifetime, so connections made together
+        # don't all expire together.
+        expires = now + self.max_lifetime * (1.0 - 0.1 * random.random())
+        self._lives[id(conn)] = _Life(expires, now)
+        return conn
+
+    def _add_connection(self, attempt: Backoff | None = None, growing: bool = False) -> None:
+        """Worker task: open a connection in a slot already counted in ``_pending``."""
+        try:
+            conn = self._new_connection()
+        except Exception as exc:
+            self._connect_failed(exc, attempt, growing)
+            return
+        with self._mutex:
+            self._pending -= 1
+            if self.closed:
+                late = True
+            else:
+                late = False
+                self._release(conn)
+                self._filled.notify_all()
+                if growing:
+                    size = self._size()
+                    if size < self.minconn or (self._waiters and size < self.maxconn):
+                        self._pending += 1
+                        assert self._workers is not None
+                        self._workers.submit(lambda: self._add_connection(growing=True))
+                    else:
+                        self._growing = False
+        if late:
+            self._drop(conn)
+        else:
+            logger.info("adding new connection to the pool %r", self.name)
+
+    def _connect_failed(self, exc: Exception, attempt: Backoff | None, growing: bool) -> None:
+        logger.warning("error connecting in %r: %s", self.name, self._masked(exc))
+        attempt = attempt or Backoff(self.reconnect_timeout)
+        delay = attempt.next_delay(monotonic())
+        with self._mutex:
+            if self.closed or self._workers is None:
+                self._pending -= 1
+                return
+            if delay is not None:
+                workers = self._workers
+                workers.schedule(delay, lambda: self._add_connection(attempt, growing))
+                return
+            self._pending -= 1
+            if growing:
+                self._growing = False
+        logger.warning(
+            "reconnection attempt in pool %r failed after %s sec",
+            self.name,
+            self.reconnect_timeout,
+        )
+        if self._reconnect_failed is not None:
+            self._reconnect_failed(self)
+
+    # -- maintenance ----------------------------------------------------------------
+
+    def _sweep_interval(self) -> float:
+        return min(max(min(self.max_idle, self.max_lifetime) / 4, 0.02), 5.0)
+
+    def _sweep(self) -> None:
+        """Periodic task: close expired and surplus idle connections."""
+        now = monotonic()
+        closing = []
+        with self._mutex:
+            if self.closed or self._workers is None:
+                return
+            size = self._size()
+            keep = []
+            # The idle list is oldest-returned first: the front idled longest.
+            for conn in self._pool:
+                life = self._lives.get(id(conn))
+                if (
+                    life is None
+                    or life.expires <= now
+                    or size > self.maxconn
+                    or (size > self.minconn and now - life.idle_since >= self.max_idle)
+                ):
+                    closing.append(conn)
+                    size -= 1
+                else:
+                    keep.append(conn)
+            self._pool[:] = keep
+            self._workers.schedule(self._sweep_interval(), self._sweep)
+        if closing:
+            logger.info("closing %s idle or expired connections in %r", len(closing), self.name)
+        for conn in closing:
+            self._drop(conn)
+        for _ in closing:
+            self._replace()
+
+    def check(self) -> None:
+        """Check the idle connections now; replace those that fail."""
+        with self._mutex:
+            conns = self._pool[:]
+            self._pool.clear()
+            self._pending += len(conns)
+        now = monotonic()
+        for conn in conns:
+            life = self._lives.get(id(conn))
+            ok = life is not None and life.expires > now
+            if ok:
+                try:
+                    self.check_connection(conn)
+                except Exception as exc:
+                    ok = False
+                    logger.warning("discarding broken connection: %s", self._masked(exc))
+                    with self._mutex:
+                        self._stats[S.CONNECTIONS_LOST] += 1
+            with self._mutex:
+                self._pending -= 1
+                if ok and not self.closed:
+                    self._release(conn)
+                    continue
+            self._drop(conn)
+            self._replace()
+
+    @staticmethod
+    def check_connection(conn: Any) -> None:
+        """Raise if ``conn`` does not answer a trivial query; use it as ``check=``."""
+        conn = getattr(conn, "__wrapped__", conn)
+        if conn.closed:
+            raise psycopg2.OperationalError("the connection is closed")
+        autocommit = conn.autocommit
+        if not autocommit:
+            conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        finally:
+            if not autocommit and not conn.closed:
+                conn.autocommit = False
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, the others when given back."""
+        with self._mutex:
+            idle = self._pool[:]
+            self._pool.clear()
+            for life in self._lives.values():
+                life.expires = 0.0
+        for conn in idle:
+            self._drop(conn)
+        for _ in idle:
+            self._replace()
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change ``min_size`` and ``max_size`` while the pool runs."""
+        min_size, max_size = self._check_size(min_size, max_size)
+        logger.info("resizing %r to min_size=%s max_size=%s", self.name, min_size, max_size)
+        with self._mutex:
+            self.minconn = min_size
+            self.maxconn = max_size
+            self._oversize = self._size() > max_size
+            grow = 0 if self.closed else max(0, min_size - self._size())
+            self._pending += grow
+            for _ in range(grow):
+                assert self._workers is not None
+                self._workers.submit(self._add_connection)
+
+    # -- statistics ---------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, int]:
+        """Counters since the last :meth:`pop_stats`, and the pool's current sizes."""
+        with self._mutex:
+            return self._measures(dict(self._stats), self._requests)
+
+    def pop_stats(self) -> dict[str, int]:
+        """Like :meth:`get_stats`, then reset the counters to zero."""
+        with self._mutex:
+            counters, self._stats = self._stats, Counter()
+            requests, self._requests = self._requests, 0
+            return self._measures(dict(counters), requests)
+
+    def _measures(self, stats: dict[str, int], requests: int) -> dict[str, int]:
+        if requests:
+            stats[S.REQUESTS_NUM] = requests
+        stats[S.POOL_MIN] = self.min_size
+        stats[S.POOL_MAX] = self.maxconn if math.isfinite(self.maxconn) else 0
+        stats[S.POOL_SIZE] = self._size()
+        stats[S.POOL_AVAILABLE] = len(self._pool)
+        stats[S.REQUESTS_WAITING] = len(self._waiters)
+        return stats
+
+
+class ThreadSafeConnectionPool(ConnectionPool):
+    """psycopg2-pool 1.2's pool (``ConnectionPool(minconn=..., maxconn=...)`` too).
+
+    ``minconn`` connections are opened at once; a client that finds none idle
+    opens one itself, unless ``maxconn`` are out: then :meth:`getconn` raises
+    :class:`PoolError` ("connection pool exhausted") at once. Connections idle
+    for more than ``idle_timeout`` seconds are closed.
+    """
+
+    def __init__(
+        self,
+        minconn: int = 1,
+        maxconn: float = float("inf"),
+        idle_timeout: float = 600,
+        **connect_kwargs: Any,
+    ) -> None:
+        _check_int("minconn", minconn, 0)
+        if maxconn != float("inf"):
+            _check_int("maxconn", maxconn, 1)
+            if maxconn < minconn:
+                raise ValueError(f"maxconn must be at least minconn: {maxconn} < {minconn}")
+        idle_timeout = _check_seconds("idle_timeout", idle_timeout)
+        connect_kwargs.setdefault("dsn", "")
+        self.idle_timeout = idle_timeout
+        self.connect_kwargs = connect_kwargs
+        super().__init__(
+            kwargs=connect_kwargs,
+            min_size=max(minconn, 1),
+            open=False,
+            max_lifetime=float("inf"),
+            max_idle=idle_timeout or 1e-9,
+            num_workers=1,
+        )
+        self.minconn = minconn
+        self.maxconn = maxconn
+        self._open()
+        for _ in range(minconn):
+            self._connect()
+
+    def __repr__(self) -> str:
+        kwargs = {k: v for k, v in self.connect_kwargs.items() if k != "password"}
+        if "dsn" in kwargs:
+            kwargs["dsn"] = mask_dsn(kwargs["dsn"])
+        return (
+            f"<{type(self).__module__}.{type(self).__name__} {self.name!r}"
+            f" minconn={self.minconn} maxconn={self.maxconn} at 0x{id(self):x}>"
+        )
+
+    def _start_filling(self) -> None:
+        assert self._workers is not None
+        self._workers.schedule(self._sweep_interval(), self._sweep)
+
+    def _when_empty(self, key: Hashable) -> Waiter | None:
+        if len(self._used) + self._pending >= self.maxconn:
+            raise PoolExhausted("connection pool exhausted")
+        self._pending += 1
+        return None
+
+    def _replace(self) -> None:
+        pass  # like 1.2: connections are opened by the clients that need them
+
+    def clear(self) -> None:
+        """Close every idle connection, whatever ``minconn`` and ``idle_timeout`` say."""
+        with self._mutex:
+            idle = self._pool[:]
+            self._pool.clear()
+        for conn in idle:
+            self._drop(conn)

@@ -1,0 +1,110 @@
+"""Background threads that open connections and run the pool's housekeeping.
+
+Clients never connect themselves: they queue, and a worker serves them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+
+logger = logging.getLogger("psycopg2_pool")
+
+Task = Callable[[], None]
+
+_STOP: Task = lambda: None  # noqa: E731 - a unique sentinel
+
+
+class Workers:
+    """``num_workers`` threads running submitted tasks, plus one timer thread."""
+
+    def __init__(self, name: str, num_workers: int) -> None:
+        self.name = name
+        self._tasks: queue.SimpleQueue[Task] = queue.SimpleQueue()
+        self._timers: list[tuple[float, int, Task]] = []
+        self._timers_changed = threading.Condition()
+        self._order = itertools.count()
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-worker-{i}", daemon=True)
+            for i in range(num_workers)
+        ]
+        self._threads.append(
+            threading.Thread(target=self._tick, name=f"{name}-scheduler", daemon=True)
+        )
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, task: Task) -> None:
+        """Run ``task`` on a worker as soon as one is free."""
+        self._tasks.put(task)
+
+    def schedule(self, delay: float, task: Task) -> None:
+        """Submit ``task`` after ``delay`` seconds."""
+        with self._timers_changed:
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._order), task))
+            self._timers_changed.notify()
+
+    def stop(self, timeout: float) -> None:
+        """Stop the threads; wait up to ``timeout`` seconds for running tasks."""
+        with self._timers_changed:
+            self._stopping = True
+            self._timers_changed.notify()
+        for _ in self._threads[:-1]:
+            self._tasks.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is threading.current_thread():
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.warning("%s still running after %s sec: left behind", thread.name, timeout)
+
+    def _work(self) -> None:
+        while True:
+            task = self._tasks.get()
+            if task is _STOP:
+                return
+            try:
+                task()
+            except Exception:  # a failing task must not kill the worker
+                logger.exception("task %r failed in %s", task, threading.current_thread().name)
+
+    def _tick(self) -> None:
+        with self._timers_changed:
+            while not self._stopping:
+                now = time.monotonic()
+                while self._timers and self._timers[0][0] <= now:
+                    self._tasks.put(heapq.heappop(self._timers)[2])
+                delay = self._timers[0][0] - now if self._timers else None
+                self._timers_changed.wait(delay)
+
+
+class Backoff:
+    """Delays between reconnection attempts: exponential, with jitter, bounded in total."""
+
+    INITIAL_DELAY = 1.0
+    FACTOR = 2.0
+    JITTER = 0.1
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.delay = 0.0
+        self.give_up_at = 0.0
+
+    def next_delay(self, now: float) -> float | None:
+        """The wait before the next attempt, or None when it is time to give up."""
+        if self.delay == 0.0:
+            self.give_up_at = now + self.timeout
+            self.delay = self.INITIAL_DELAY * (1 + random.uniform(-self.JITTER, self.JITTER))
+        else:
+            self.delay *= self.FACTOR
+        if now >= self.give_up_at:
+            return None
+        return min(self.delay, self.give_up_at - now)

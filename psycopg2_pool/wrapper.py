@@ -1,0 +1,120 @@
+"""The handle a client holds while a connection is checked out of a pool.
+
+It proxies the real psycopg2 connection (``conn.__wrapped__``) and goes dead
+when the connection goes back: it can never touch a connection someone else
+now holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import wrapt
+from psycopg2.extensions import cursor as Cursor
+
+from .errors import ConnectionReturned
+
+logger = logging.getLogger("psycopg2_pool")
+
+if TYPE_CHECKING:
+    from .pool import ConnectionPool
+
+
+class _Returned:
+    """What a handle wraps once its connection went back to the pool."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ConnectionReturned(
+            "this connection was returned to the pool: get a new one from the pool"
+        )
+
+    def __repr__(self) -> str:
+        return "<connection returned to the pool>"
+
+
+RETURNED = _Returned()
+
+
+if TYPE_CHECKING:
+    _Proxy = wrapt.BaseObjectProxy[Any]
+else:
+    _Proxy = wrapt.BaseObjectProxy
+
+
+class PooledConnection(_Proxy):
+    """A psycopg2 connection checked out of a :class:`ConnectionPool`.
+
+    Use it as the connection itself. Leaving ``with conn:`` commits (or rolls
+    back on an exception) and gives it back to the pool.
+    """
+
+    # Each pool makes its own subclass with ``_self_pool`` set on the class, so
+    # that a handle carries nothing but the connection.
+    _self_pool: ConnectionPool
+
+    # A handle is also the pool's key for its checkout: it must hash and
+    # compare as itself, not as the connection it wraps (which goes away).
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+
+    @classmethod
+    def for_pool(cls, pool: ConnectionPool) -> type[PooledConnection]:
+        """The handle class of ``pool``."""
+        return type(cls.__name__, (cls,), {"_self_pool": pool, "__module__": cls.__module__})
+
+    @staticmethod
+    def _pool_unwrap(handle: PooledConnection) -> Any:
+        return handle.__wrapped__
+
+    # wrapt looks this hook up and calls it on every __wrapped__ change: without
+    # it the lookup fails through __getattr__ and costs an exception each time.
+    # A builtin that takes no argument is the cheapest thing to call.
+    __wrapped_setattr_fixups__ = staticmethod(int)
+
+    def execute(self, query: Any, params: Any = None) -> Cursor:
+        """Execute ``query`` on a new cursor and return the cursor, as psycopg 3 does."""
+        cur: Cursor = self.__wrapped__.cursor()
+        cur.execute(query, params)
+        return cur
+
+    def close(self) -> None:
+        """Close the connection, or give it back if the pool has ``close_returns``."""
+        if self._self_pool.close_returns:
+            self._self_pool.putconn(self)
+        else:
+            self.__wrapped__.close()
+
+    def __enter__(self) -> PooledConnection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self.__wrapped__
+        if conn is RETURNED:
+            return  # given back inside the block already
+        try:
+            if conn.closed:
+                pass
+            elif exc_type is None:
+                conn.commit()
+            else:
+                try:
+                    conn.rollback()
+                except Exception as exc2:  # keep the client's own exception
+                    logger.warning("error ignored in rollback on %r: %s", self, exc2)
+        finally:
+            self._self_pool.putconn(self)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a pooled connection cannot be pickled")
