@@ -8,6 +8,7 @@ the policies: what to do when no connection is free, and which to keep.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import Hashable
@@ -17,6 +18,7 @@ from typing import Any
 import psycopg2
 from psycopg2 import extensions as _ext
 
+from . import _fork
 from .errors import PoolError
 
 logger = logging.getLogger("psycopg2_pool")
@@ -87,6 +89,16 @@ class AbstractConnectionPool:
     maxconn: Any
     closed: bool
 
+    #: ``_getkey()`` always returns a key not in use, so a new key needs no
+    #: lookup. A subclass that overrides ``_getkey`` (some reuse keys, e.g.
+    #: thread ids) loses this unless it says so itself.
+    _fresh_keys = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_getkey" in cls.__dict__ and "_fresh_keys" not in cls.__dict__:
+            cls._fresh_keys = False
+
     def __init__(self, minconn: int, maxconn: int, *args: Any, **kwargs: Any) -> None:
         self._setup(int(minconn), int(maxconn), args, kwargs)
         for _ in range(self.minconn):
@@ -110,6 +122,7 @@ class AbstractConnectionPool:
         # back or closed outside the lock.
         self._pending = 0
         self._waiters: deque[Waiter] = deque()
+        _fork.track(self)
 
     # -- policies: subclasses override these -----------------------------------
 
@@ -120,7 +133,12 @@ class AbstractConnectionPool:
         lock), return a queued :class:`Waiter`, or raise.
         """
         if len(self._used) + self._pending >= max(self.maxconn, self.minconn):
-            raise PoolError("connection pool exhausted")
+            orphans = self._take_orphans()
+            if not orphans:
+                raise PoolError("connection pool exhausted")
+            for conn in orphans:
+                # Closing sends one Terminate message and waits for nothing.
+                self._close_quietly(conn)
         self._pending += 1
         return None
 
@@ -186,9 +204,10 @@ class AbstractConnectionPool:
                 raise self._closed_error()
             if key is None:
                 key = self._getkey()
-            conn = self._used.get(key)
-            if conn is not None:
-                return conn
+                if not self._fresh_keys and key in self._used:
+                    return self._used[key]
+            elif key in self._used:
+                return self._used[key]
             if self._pool:
                 conn = self._pool.pop()
                 self._used[key] = conn
@@ -344,6 +363,32 @@ class AbstractConnectionPool:
             self._close_quietly(conn)
             return
 
+    def _take_orphans(self) -> list[Connection]:
+        """Under the lock: take back connections their holder can no longer return.
+
+        A connection checked out under an automatic key that nothing outside the
+        pool references any more (its holder dropped it, or its thread died) is
+        lost to everyone: forget it and return it to the caller.
+        """
+        keys = unreferenced_keys(self._used, on_key=False)
+        if keys:
+            logger.warning("reclaiming %d connections dropped without being returned", len(keys))
+        return [conn for key in keys if (conn := self._forget(key)) is not None]
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's connections without closing them."""
+        for conn in [*self._pool, *self._used.values()]:
+            _fork.disarm(conn)
+        old = self._mutex
+        self._mutex = threading.RLock()  # another thread may have held it at the fork
+        if getattr(self, "_lock", None) is old:
+            self._lock = self._mutex
+        self._pool.clear()
+        self._used.clear()
+        self._rused.clear()
+        self._waiters.clear()
+        self._pending = 0
+
     def _size(self) -> int:
         """Under the lock: connections open or being opened."""
         return len(self._pool) + len(self._used) + self._pending
@@ -371,3 +416,29 @@ class AbstractConnectionPool:
             waiter.fail(self._closed_error())
         for conn in conns:
             self._close_quietly(conn)
+
+
+def unreferenced_keys(used: dict[Hashable, Any], *, on_key: bool) -> list[Hashable]:
+    """The keys of ``used`` whose key (or connection) nothing else references.
+
+    Only automatic keys count for connections: a caller's own key can fetch its
+    connection again at any time. The number of references the pool itself
+    holds is measured on a probe built the same way, so no interpreter detail
+    is hard-coded here.
+    """
+    probe_used: dict[Hashable, Any] = {AutoKey(): object()}
+    # The facade's id(conn) -> key map holds each key once more.
+    probe_rused = {0: next(iter(probe_used))}
+    baseline = _reference_counts(probe_used, on_key)[0][1]
+    probe_rused.clear()
+    return [key for key, refs in _reference_counts(used, on_key) if refs <= baseline]
+
+
+def _reference_counts(used: dict[Hashable, Any], on_key: bool) -> list[tuple[Hashable, int]]:
+    counts = []
+    for key, conn in used.items():
+        if on_key:
+            counts.append((key, sys.getrefcount(key)))
+        elif type(key) is AutoKey:
+            counts.append((key, sys.getrefcount(conn)))
+    return counts

@@ -12,9 +12,11 @@ import logging
 import math
 import random
 import threading
+import traceback
 import warnings
 from collections import Counter
 from collections.abc import Callable, Hashable
+from functools import partial
 from time import monotonic
 from types import TracebackType
 from typing import Any, TypeVar, Union, cast
@@ -24,7 +26,8 @@ from psycopg2 import extensions as _ext
 
 from . import stats as S
 from ._masking import mask_dsn, mask_text
-from .engine import AbstractConnectionPool, Connection, Waiter
+from ._watchdog import run_bounded
+from .engine import AbstractConnectionPool, Connection, Waiter, unreferenced_keys
 from .errors import (
     ConnectionReturned,
     PoolClosed,
@@ -123,6 +126,7 @@ class ConnectionPool(AbstractConnectionPool):
     """
 
     _keep_all = True
+    _fresh_keys = True
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         if cls is ConnectionPool and _V12_KEYWORDS.intersection(kwargs):
@@ -150,6 +154,7 @@ class ConnectionPool(AbstractConnectionPool):
         reconnect_timeout: float = 5 * 60.0,
         reconnect_failed: Callable[[ConnectionPool], None] | None = None,
         num_workers: int = 3,
+        leak_timeout: float | None = None,
         **connect_kwargs: Any,
     ) -> None:
         min_size, max_size = self._check_size(min_size, max_size)
@@ -174,6 +179,12 @@ class ConnectionPool(AbstractConnectionPool):
         self.max_idle = _check_seconds("max_idle", max_idle, positive=True)
         self.reconnect_timeout = _check_seconds("reconnect_timeout", reconnect_timeout)
         self.num_workers = _check_int("num_workers", num_workers, 1)
+        self.leak_timeout = (
+            None if leak_timeout is None else _check_seconds("leak_timeout", leak_timeout)
+        )
+        # id(handle) -> (checked out at, stack), kept only with leak_timeout.
+        self._checkouts: dict[int, tuple[float, list[str]]] = {}
+        self._leaks_reported: set[int] = set()
 
         # A reset callback must run on every return: no fast path then.
         self._always_settle = reset is not None
@@ -190,6 +201,8 @@ class ConnectionPool(AbstractConnectionPool):
 
         if open is None:
             open = self._open_implicit = True
+        # Nothing to do on checkout beyond handing the connection over.
+        self._plain_checkout = not (self._open_implicit or check or leak_timeout is not None)
         if open:
             self._open()
 
@@ -352,17 +365,30 @@ class ConnectionPool(AbstractConnectionPool):
         Give it back with :meth:`putconn` (or use it as a context manager):
         a connection never given back is lost to the pool.
         """
-        if self._open_implicit:
-            self._warn_implicit_open()
         if timeout is None:
             timeout = self.timeout
         conn = self._getconn(None, timeout)
+        handle: PooledConnection = self._rused[id(conn)]  # type: ignore[assignment]
+        if self._plain_checkout:
+            # Set here, not in wrapt's constructor: that one copies __module__
+            # and __doc__ from the connection, and the failed lookup of the
+            # first costs an exception each time.
+            handle.__wrapped__ = conn
+            return handle
+        return self._prepare(conn, handle, timeout)
+
+    def _prepare(
+        self, conn: Connection, handle: PooledConnection, timeout: float
+    ) -> PooledConnection:
+        """The checkout steps only some pools need: warning, check, leak tracking."""
+        if self._open_implicit:
+            self._warn_implicit_open()
         if self._check is not None:
             conn = self._checked(conn, monotonic() + timeout, timeout)
-        handle = cast(PooledConnection, self._rused[id(conn)])
-        # Set here, not in wrapt's constructor: that one copies __module__ and
-        # __doc__ from the connection, and the failed lookup costs an exception.
+            handle = self._rused[id(conn)]  # type: ignore[assignment]
         handle.__wrapped__ = conn
+        if self.leak_timeout is not None:
+            self._checkouts[id(handle)] = (monotonic(), traceback.format_stack()[:-2])
         return handle
 
     def _getkey(self) -> Hashable:
@@ -373,6 +399,7 @@ class ConnectionPool(AbstractConnectionPool):
 
     def _warn_implicit_open(self) -> None:
         self._open_implicit = False
+        self._plain_checkout = not (self._check or self.leak_timeout is not None)
         warnings.warn(
             f"the default for the {type(self).__name__} 'open' parameter will become"
             " 'False' in a future release. Please use open={True|False} explicitly,"
@@ -411,17 +438,35 @@ class ConnectionPool(AbstractConnectionPool):
         self._workers.submit(lambda: self._add_connection(growing=True))
 
     def _checked(self, conn: Connection, deadline: float, timeout: float) -> Connection:
-        """Run the ``check`` callback; replace connections that fail it."""
-        assert self._check is not None
+        """Run the ``check`` callback; replace connections that fail it.
+
+        Each check is bounded by what is left of the client's timeout: a server
+        that stops answering makes the check fail, not hang.
+        """
+        check = self._check
+        assert check is not None
         while True:
             try:
-                self._check(conn)
+                self._bounded(partial(check, conn), conn, deadline - monotonic())
             except Exception as exc:
                 logger.info("connection failed check: %s", self._masked(exc))
                 self._discard_checked_out(conn, lost=True)
             else:
                 return conn
+            if deadline - monotonic() <= 0:
+                with self._mutex:
+                    self._stats[S.REQUESTS_ERRORS] += 1
+                raise PoolTimeout(
+                    f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec"
+                )
             conn = self._getconn(None, max(0.0, deadline - monotonic()))
+
+    def _bounded(self, call: Callable[[], None], conn: Connection, seconds: float) -> None:
+        workers = self._workers
+        if workers is None:
+            call()
+        else:
+            run_bounded(call, conn, seconds, workers.schedule)
 
     def _discard_checked_out(self, conn: Connection, lost: bool) -> None:
         with self._mutex:
@@ -455,6 +500,9 @@ class ConnectionPool(AbstractConnectionPool):
                 raise self._unkeyed_error(conn)
             handle = key
             handle.__wrapped__ = RETURNED
+        if self.leak_timeout is not None:
+            self._checkouts.pop(id(handle), None)
+            self._leaks_reported.discard(id(handle))
         life = self._lives.get(id(real))
         now = monotonic()
         close = life is None or life.expires <= now or (self._oversize and self._over_max())
@@ -636,10 +684,13 @@ class ConnectionPool(AbstractConnectionPool):
     # -- maintenance ----------------------------------------------------------------
 
     def _sweep_interval(self) -> float:
-        return min(max(min(self.max_idle, self.max_lifetime) / 4, 0.02), 5.0)
+        period = min(self.max_idle, self.max_lifetime) / 4
+        if self.leak_timeout is not None:
+            period = min(period, self.leak_timeout / 2)
+        return min(max(period, 0.02), 5.0)
 
     def _sweep(self) -> None:
-        """Periodic task: close expired and surplus idle connections."""
+        """Periodic task: close expired and surplus idle connections, find leaks."""
         now = monotonic()
         closing = []
         with self._mutex:
@@ -661,6 +712,7 @@ class ConnectionPool(AbstractConnectionPool):
                 else:
                     keep.append(conn)
             self._pool[:] = keep
+            dropped = self._take_dropped_handles()
             self._workers.schedule(self._sweep_interval(), self._sweep)
         if closing:
             logger.info("closing %s idle or expired connections in %r", len(closing), self.name)
@@ -668,6 +720,62 @@ class ConnectionPool(AbstractConnectionPool):
             self._drop(conn)
         for _ in closing:
             self._replace()
+        for conn in dropped:
+            warnings.warn(
+                f"a connection of pool {self.name!r} was dropped without being returned:"
+                " it was rolled back and taken back",
+                ResourceWarning,
+                stacklevel=1,
+            )
+            self._settle(conn, close=False)
+        if self.leak_timeout is not None:
+            self._report_leaks(now)
+
+    def _take_dropped_handles(self) -> list[Connection]:
+        """Under the lock: connections whose handle nothing references any more."""
+        conns = []
+        for handle in unreferenced_keys(self._used, on_key=True):
+            try:
+                handle.__wrapped__  # type: ignore[attr-defined]  # noqa: B018
+            except ValueError:
+                # Not handed over yet: getconn() is between the engine and the
+                # client, holding no reference of its own for a moment.
+                continue
+            conn = self._forget(handle)
+            cast(PooledConnection, handle).__wrapped__ = RETURNED
+            self._checkouts.pop(id(handle), None)
+            if conn is not None:
+                self._pending += 1  # until _settle has restored it
+                conns.append(conn)
+        return conns
+
+    def _report_leaks(self, now: float) -> None:
+        """Log, once each, connections checked out for longer than ``leak_timeout``."""
+        assert self.leak_timeout is not None
+        for key, (since, stack) in list(self._checkouts.items()):
+            if now - since >= self.leak_timeout and key not in self._leaks_reported:
+                self._leaks_reported.add(key)
+                logger.warning(
+                    "a connection of pool %r has been checked out for %.1f sec"
+                    " (leak_timeout=%s); it was checked out at:\n%s",
+                    self.name,
+                    now - since,
+                    self.leak_timeout,
+                    "".join(stack),
+                )
+
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        self._lives.clear()
+        self._checkouts.clear()
+        self._leaks_reported.clear()
+        self._filled = threading.Condition(self._mutex)
+        self._growing = False
+        self._oversize = False
+        if self._workers is not None:
+            # The parent's threads do not exist here: start the child's own.
+            self._workers = Workers(self.name, self.num_workers)
+            self._start_filling()
 
     def check(self) -> None:
         """Check the idle connections now; replace those that fail."""
@@ -681,7 +789,7 @@ class ConnectionPool(AbstractConnectionPool):
             ok = life is not None and life.expires > now
             if ok:
                 try:
-                    self.check_connection(conn)
+                    self._bounded(partial(self.check_connection, conn), conn, self.timeout)
                 except Exception as exc:
                     ok = False
                     logger.warning("discarding broken connection: %s", self._masked(exc))
