@@ -61,6 +61,19 @@ _V12_KEYWORDS = frozenset(("minconn", "maxconn", "idle_timeout"))
 _names = itertools.count(1)
 
 
+def _spelled_v12(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a ``ConnectionPool(...)`` call is psycopg2-pool 1.2 code.
+
+    1.2's own keywords say so; so does a call made only of connect() keywords
+    (``ConnectionPool(dsn=...)``, ``ConnectionPool(host=..., dbname=...)``),
+    which psycopg_pool would reject: its connection settings go in
+    ``conninfo`` and ``kwargs``.
+    """
+    if _V12_KEYWORDS.intersection(kwargs):
+        return True
+    return not args and bool(kwargs) and not _FACADE_KEYWORDS.intersection(kwargs)
+
+
 class _Life:
     """What the pool remembers about one of its connections."""
 
@@ -129,7 +142,7 @@ class ConnectionPool(AbstractConnectionPool):
     _fresh_keys = True
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls is ConnectionPool and _V12_KEYWORDS.intersection(kwargs):
+        if cls is ConnectionPool and _spelled_v12(args, kwargs):
             cls = ThreadSafeConnectionPool
         return super().__new__(cls)
 
@@ -868,6 +881,15 @@ class ConnectionPool(AbstractConnectionPool):
         stats[S.POOL_AVAILABLE] = len(self._pool)
         stats[S.REQUESTS_WAITING] = len(self._waiters)
         return stats
+
+
+_FACADE_KEYWORDS = frozenset(
+    name
+    for name in ConnectionPool.__init__.__code__.co_varnames[
+        1 : ConnectionPool.__init__.__code__.co_argcount
+        + ConnectionPool.__init__.__code__.co_kwonlyargcount
+    ]
+)
 
 
 class ThreadSafeConnectionPool(ConnectionPool):

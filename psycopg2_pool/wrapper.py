@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from .pool import ConnectionPool
 
 
+def _returned_error() -> ConnectionReturned:
+    return ConnectionReturned(
+        "this connection was returned to the pool: get a new one from the pool"
+    )
+
+
 class _Returned:
     """What a handle wraps once its connection went back to the pool."""
 
@@ -30,9 +36,13 @@ class _Returned:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        raise ConnectionReturned(
-            "this connection was returned to the pool: get a new one from the pool"
-        )
+        raise _returned_error()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _returned_error()
+
+    def __delattr__(self, name: str) -> None:
+        raise _returned_error()
 
     def __repr__(self) -> str:
         return "<connection returned to the pool>"

@@ -1,0 +1,620 @@
+"""ConnectionPool (psycopg_pool 3.3 style) against a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+from psycopg2_pool import (
+    ConnectionPool,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyRequests,
+)
+from psycopg2_pool._embedded import free_port
+from tests.helpers import app_name, backends, dsn_with, terminate_backends, wait_for
+
+STATS_KEYS = {
+    "pool_min",
+    "pool_max",
+    "pool_size",
+    "pool_available",
+    "requests_waiting",
+    "usage_ms",
+    "requests_num",
+    "requests_queued",
+    "requests_wait_ms",
+    "requests_errors",
+    "returns_bad",
+    "connections_num",
+    "connections_ms",
+    "connections_errors",
+    "connections_lost",
+}
+
+
+@pytest.fixture
+def make_pool(dsn: str) -> Iterator[Callable[..., tuple[ConnectionPool, str, str]]]:
+    """``make_pool(**kwargs)`` -> (open pool, its dsn, its application_name); closed after."""
+    made: list[ConnectionPool] = []
+
+    def make(**kwargs: Any) -> tuple[ConnectionPool, str, str]:
+        name = app_name()
+        pdsn = dsn_with(dsn, application_name=name)
+        kwargs.setdefault("open", True)
+        kwargs.setdefault("timeout", 2.0)
+        pool = ConnectionPool(pdsn, **kwargs)
+        made.append(pool)
+        return pool, pdsn, name
+
+    try:
+        yield make
+    finally:
+        for pool in made:
+            pool.close()
+
+
+def pid_of(conn: Any) -> int:
+    return conn.get_backend_pid()
+
+
+def unreachable_dsn(name: str = "x") -> str:
+    return f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres application_name={name}"
+
+
+# -- open / close --------------------------------------------------------------
+
+
+def test_open_and_close(make_pool):
+    pool, pdsn, name = make_pool(min_size=1, open=False)
+    assert pool.closed
+    pool.open(wait=True, timeout=5)
+    assert not pool.closed
+    assert len(backends(pdsn, name)) == 1
+    pool.close()
+    assert pool.closed
+    wait_for(lambda: backends(pdsn, name) == [])
+
+
+def test_context_manager_opens_and_closes(dsn):
+    name = app_name()
+    pdsn = dsn_with(dsn, application_name=name)
+    with ConnectionPool(pdsn, min_size=1, open=False) as pool:
+        assert not pool.closed
+        with pool.connection() as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+    assert pool.closed
+    wait_for(lambda: backends(pdsn, name) == [])
+
+
+def test_open_twice_is_fine(make_pool):
+    pool, _, _ = make_pool(min_size=1, open=False)
+    pool.open()
+    pool.open()
+    with pool.connection() as conn:
+        assert conn.execute("select 2").fetchone() == (2,)
+
+
+def test_reopen_after_close_raises_pool_closed(make_pool):
+    pool, _, _ = make_pool(min_size=1)
+    pool.close()
+    with pytest.raises(PoolClosed):
+        pool.open()
+
+
+def test_getconn_before_open_raises_not_open_yet(make_pool):
+    pool, _, _ = make_pool(min_size=1, open=False)
+    with pytest.raises(PoolClosed, match="not open yet"):
+        pool.getconn()
+
+
+def test_implicit_open_warns_on_first_getconn(dsn):
+    pool = ConnectionPool(dsn, min_size=1)  # open not given
+    try:
+        with pytest.warns(DeprecationWarning, match="open"):
+            conn = pool.getconn()
+        pool.putconn(conn)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pool.putconn(pool.getconn())  # only the first time
+    finally:
+        pool.close()
+
+
+def test_wait_fills_min_size(make_pool):
+    pool, pdsn, name = make_pool(min_size=3)
+    pool.wait(5)
+    assert len(backends(pdsn, name)) == 3
+    assert pool.get_stats()["pool_available"] == 3
+
+
+def test_wait_timeout_on_unreachable_server_raises_and_closes(dsn):
+    pool = ConnectionPool(unreachable_dsn(), min_size=1, open=True)
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        pool.wait(timeout=0.5)
+    assert time.monotonic() - started < 3.0
+    assert pool.closed
+    with pytest.raises(PoolClosed):
+        pool.getconn()
+
+
+# -- waiting clients ----------------------------------------------------------
+
+
+def test_waiting_clients_are_served_fifo(make_pool):
+    pool, _, _ = make_pool(min_size=1, max_size=1, timeout=5)
+    pool.wait(5)
+    holder = pool.getconn()
+    served: list[int] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        conn = pool.getconn()
+        with lock:
+            served.append(i)
+        time.sleep(0.01)
+        pool.putconn(conn)
+
+    threads = []
+    for i in range(5):
+        t = threading.Thread(target=client, args=(i,))
+        t.start()
+        threads.append(t)
+        wait_for(lambda: pool.get_stats()["requests_waiting"] == i + 1)
+    pool.putconn(holder)
+    for t in threads:
+        t.join(10)
+    assert served == [0, 1, 2, 3, 4]
+
+
+def test_timeout_raises_pool_timeout_naming_pool_and_seconds(make_pool):
+    pool, _, _ = make_pool(min_size=1, max_size=1, name="mypool")
+    pool.wait(5)
+    conn = pool.getconn()
+    try:
+        with pytest.raises(PoolTimeout) as info:
+            pool.getconn(timeout=0.3)
+        msg = str(info.value)
+        assert "mypool" in msg
+        assert re.search(r"0\.3", msg), msg
+    finally:
+        pool.putconn(conn)
+
+
+def test_max_waiting_raises_too_many_requests(make_pool):
+    pool, _, _ = make_pool(min_size=1, max_size=1, max_waiting=1, timeout=3)
+    pool.wait(5)
+    holder = pool.getconn()
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            pool.putconn(pool.getconn())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
+    with pytest.raises(TooManyRequests):
+        pool.getconn()
+    pool.putconn(holder)
+    t.join(5)
+    assert errors == []
+
+
+def test_waiters_get_pool_closed_when_pool_closes(make_pool):
+    pool, _, _ = make_pool(min_size=1, max_size=1, timeout=5)
+    pool.wait(5)
+    holder = pool.getconn()
+    got: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            pool.getconn()
+        except BaseException as exc:
+            got.append(exc)
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: pool.get_stats()["requests_waiting"] == 3)
+    pool.close()
+    for t in threads:
+        t.join(5)
+    assert [type(e) for e in got] == [PoolClosed] * 3
+    pool.putconn(holder)  # returning to a closed pool does not raise
+
+
+# -- sizing ---------------------------------------------------------------------
+
+
+def test_grows_under_demand_never_above_max_size(make_pool):
+    pool, pdsn, name = make_pool(min_size=1, max_size=3, timeout=5)
+    pool.wait(5)
+    conns = [pool.getconn() for _ in range(3)]
+    assert len(backends(pdsn, name)) == 3
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=0.3)
+    assert len(backends(pdsn, name)) == 3
+    assert pool.get_stats()["pool_size"] == 3
+    for c in conns:
+        pool.putconn(c)
+
+
+def test_max_idle_shrinks_back_to_min_size(make_pool):
+    pool, pdsn, name = make_pool(min_size=1, max_size=3, max_idle=0.2)
+    pool.wait(5)
+    conns = [pool.getconn() for _ in range(3)]
+    for c in conns:
+        pool.putconn(c)
+    assert len(backends(pdsn, name)) == 3
+    wait_for(lambda: len(backends(pdsn, name)) == 1, timeout=5)
+    assert pool.get_stats()["pool_size"] == 1
+
+
+def test_max_lifetime_replaces_connections(make_pool):
+    pool, pdsn, name = make_pool(min_size=1, max_lifetime=0.3)
+    pool.wait(5)
+    first = set(backends(pdsn, name))
+    assert len(first) == 1
+    wait_for(lambda: (lambda b: len(b) == 1 and not (set(b) & first))(backends(pdsn, name)),
+             timeout=5)
+    with pool.connection() as conn:
+        assert pid_of(conn) not in first
+
+
+def test_lifo_most_recently_returned_is_handed_out_first(make_pool):
+    pool, _, _ = make_pool(min_size=3)
+    pool.wait(5)
+    a, b, c = (pool.getconn() for _ in range(3))
+    pids = {id(x): pid_of(x) for x in (a, b, c)}
+    pid_b = pids[id(b)]
+    pool.putconn(a)
+    pool.putconn(c)
+    pool.putconn(b)
+    d = pool.getconn()
+    assert pid_of(d) == pid_b
+    pool.putconn(d)
+
+
+# -- callbacks ------------------------------------------------------------------
+
+
+def test_configure_runs_once_per_new_connection(make_pool):
+    seen: list[int] = []
+    pool, _, _ = make_pool(min_size=2, configure=lambda c: seen.append(pid_of(c)))
+    pool.wait(5)
+    for _ in range(5):
+        with pool.connection():
+            pass
+    assert len(seen) == 2
+    assert len(set(seen)) == 2
+
+
+def test_configure_leaving_transaction_open_discards_connection(make_pool):
+    # psycopg_pool 3.3 raises ProgrammingError in _connect after the connection
+    # succeeded: the connection is closed, connections_num counts it and
+    # connections_errors (connect failures only) does not.
+    def configure(conn: Any) -> None:
+        conn.cursor().execute("select 1")  # opens a transaction, never ends it
+
+    pool, pdsn, name = make_pool(min_size=1, configure=configure, reconnect_timeout=0.5)
+    wait_for(lambda: pool.get_stats().get("connections_num", 0) >= 1, timeout=5)
+    wait_for(lambda: backends(pdsn, name) == [], timeout=3)
+    assert pool.get_stats()["pool_available"] == 0
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=0.3)
+
+
+def test_check_connection_replaces_terminated_backend_before_handing_out(make_pool):
+    pool, pdsn, name = make_pool(min_size=1, check=ConnectionPool.check_connection)
+    pool.wait(5)
+    old = backends(pdsn, name)
+    terminate_backends(pdsn, name)
+    with pool.connection() as conn:
+        pid = pid_of(conn)
+    assert pid not in old
+
+
+def test_reset_runs_on_return(make_pool):
+    calls: list[Any] = []
+    pool, _, _ = make_pool(min_size=1, reset=lambda c: calls.append(c))
+    pool.wait(5)
+    conn = pool.getconn()
+    real = conn.__wrapped__
+    pool.putconn(conn)
+    assert len(calls) == 1
+    assert getattr(calls[0], "__wrapped__", calls[0]) is real
+
+
+def test_reset_that_raises_discards_connection(make_pool):
+    def reset(conn: Any) -> None:
+        raise RuntimeError("nope")
+
+    pool, pdsn, name = make_pool(min_size=1, reset=reset)
+    pool.wait(5)
+    conn = pool.getconn()
+    pid = pid_of(conn)
+    pool.putconn(conn)
+    wait_for(lambda: pid not in backends(pdsn, name))
+    with pool.connection() as conn2:
+        assert pid_of(conn2) != pid
+
+
+def test_returned_connection_in_transaction_is_rolled_back(make_pool):
+    pool, pdsn, _ = make_pool(min_size=1)
+    pool.wait(5)
+    with pool.connection() as conn:
+        conn.execute("create table if not exists p2p_t_rollback (x int)")
+        conn.execute("delete from p2p_t_rollback")
+    conn = pool.getconn()
+    conn.execute("insert into p2p_t_rollback values (1)")
+    assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+    pool.putconn(conn)
+    with pool.connection() as conn:
+        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        assert conn.execute("select count(*) from p2p_t_rollback").fetchone() == (0,)
+    other = psycopg2.connect(pdsn)
+    try:
+        with other.cursor() as cur:
+            cur.execute("select count(*) from p2p_t_rollback")
+            assert cur.fetchone() == (0,)
+    finally:
+        other.close()
+
+
+def test_broken_returned_connection_is_replaced(make_pool):
+    pool, pdsn, name = make_pool(min_size=1)
+    pool.wait(5)
+    conn = pool.getconn()
+    terminate_backends(pdsn, name)
+    with pytest.raises(psycopg2.OperationalError):
+        conn.execute("select 1")
+    pool.putconn(conn)
+    assert pool.get_stats()["returns_bad"] == 1
+    wait_for(lambda: len(backends(pdsn, name)) == 1, timeout=5)
+    with pool.connection() as c:
+        assert c.execute("select 1").fetchone() == (1,)
+
+
+# -- maintenance -------------------------------------------------------------------
+
+
+def test_resize_up_and_down(make_pool):
+    pool, pdsn, name = make_pool(min_size=1, max_size=1)
+    pool.wait(5)
+    pool.resize(3, 4)
+    assert (pool.min_size, pool.max_size) == (3, 4)
+    wait_for(lambda: len(backends(pdsn, name)) == 3, timeout=5)
+    conns = [pool.getconn() for _ in range(4)]
+    pool.resize(1, 1)
+    assert (pool.min_size, pool.max_size) == (1, 1)
+    for c in conns:
+        pool.putconn(c)
+    stats = pool.get_stats()
+    assert stats["pool_min"] == 1 and stats["pool_max"] == 1
+    # The surplus goes, down to max_size at most.
+    wait_for(lambda: len(backends(pdsn, name)) <= 1, timeout=3)
+    assert pool.get_stats()["pool_size"] <= 1
+
+
+def test_check_replaces_terminated_idle_connections(make_pool):
+    pool, pdsn, name = make_pool(min_size=2)
+    pool.wait(5)
+    old = set(backends(pdsn, name))
+    terminate_backends(pdsn, name)
+    pool.check()
+    assert pool.get_stats()["connections_lost"] == 2
+    wait_for(lambda: len(backends(pdsn, name)) == 2, timeout=5)
+    assert not set(backends(pdsn, name)) & old
+
+
+def test_drain_replaces_all_connections(make_pool):
+    pool, pdsn, name = make_pool(min_size=2)
+    pool.wait(5)
+    old = set(backends(pdsn, name))
+    pool.drain()
+    wait_for(lambda: (lambda b: len(b) == 2 and not set(b) & old)(backends(pdsn, name)),
+             timeout=5)
+
+
+def test_close_returns_gives_connection_back(make_pool):
+    pool, pdsn, name = make_pool(min_size=1, close_returns=True)
+    pool.wait(5)
+    conn = pool.getconn()
+    real = conn.__wrapped__
+    pid = pid_of(conn)
+    conn.close()
+    assert not real.closed
+    assert backends(pdsn, name) == [pid]
+    assert pool.get_stats()["pool_available"] == 1
+    with pool.connection() as c:
+        assert pid_of(c) == pid
+
+
+# -- connection parameters ---------------------------------------------------------
+
+
+def test_callable_conninfo_called_per_attempt(dsn):
+    name = app_name()
+    calls: list[int] = []
+
+    def conninfo() -> str:
+        calls.append(1)
+        return dsn_with(dsn, application_name=name)
+
+    with ConnectionPool(conninfo, min_size=2, open=True) as pool:
+        pool.wait(5)
+        assert len(calls) == 2
+        assert len(backends(dsn, name)) == 2
+
+
+def test_callable_kwargs_called_per_attempt(dsn):
+    name = app_name()
+    calls: list[int] = []
+
+    def kwargs() -> dict[str, Any]:
+        calls.append(1)
+        return {"application_name": name}
+
+    with ConnectionPool(dsn, kwargs=kwargs, min_size=2, open=True) as pool:
+        pool.wait(5)
+        assert len(calls) == 2
+        assert len(backends(dsn, name)) == 2
+
+
+def test_extra_keywords_go_to_connect(dsn):
+    name = app_name()
+    with ConnectionPool(dsn, min_size=1, open=True, application_name=name) as pool:
+        pool.wait(5)
+        assert len(backends(dsn, name)) == 1
+
+
+# -- stats, names, repr ----------------------------------------------------------
+
+
+def test_get_stats_has_psycopg_pool_keys(make_pool):
+    # As in psycopg_pool, counters still at zero may be absent; measures never are.
+    pool, _, _ = make_pool(min_size=1, max_size=1)
+    pool.wait(5)
+    with pool.connection():
+        pass
+    with pool.connection():
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=0.1)
+    keys = set(pool.get_stats())
+    assert keys <= STATS_KEYS
+    assert {"pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting",
+            "usage_ms", "requests_num", "requests_queued", "requests_wait_ms",
+            "requests_errors", "connections_num", "connections_ms"} <= keys
+
+
+def test_pop_stats_resets_counters(make_pool):
+    pool, _, _ = make_pool(min_size=1)
+    pool.wait(5)
+    for _ in range(3):
+        with pool.connection():
+            pass
+    popped = pool.pop_stats()
+    assert popped["requests_num"] == 3
+    after = pool.get_stats()
+    assert after.get("requests_num", 0) == 0
+    assert after.get("connections_num", 0) == 0
+    assert after["pool_size"] == 1  # measures are not reset
+
+
+def test_default_name_is_pool_n(make_pool):
+    pool, _, _ = make_pool(min_size=1, open=False)
+    assert re.fullmatch(r"pool-\d+", pool.name)
+
+
+def test_given_name(make_pool):
+    pool, _, _ = make_pool(min_size=1, open=False, name="orders")
+    assert pool.name == "orders"
+
+
+def test_repr_has_name_and_no_password(dsn):
+    pool = ConnectionPool(dsn_with(dsn, password="s3cr3tpw"), min_size=1, open=False,
+                          name="reprpool", password="k3ywordpw")
+    r = repr(pool)
+    assert "reprpool" in r
+    assert "s3cr3tpw" not in r
+    assert "k3ywordpw" not in r
+
+
+# -- reconnection ---------------------------------------------------------------
+
+
+def test_reconnect_failed_called_after_reconnect_timeout(dsn):
+    called = threading.Event()
+    pool = ConnectionPool(unreachable_dsn(), min_size=1, open=True, reconnect_timeout=1.5,
+                          reconnect_failed=lambda p: called.set())
+    try:
+        assert called.wait(8)
+    finally:
+        pool.close()
+
+
+def test_pool_serves_after_server_comes_up(private_server):
+    private_server.stop()
+    name = app_name()
+    pdsn = dsn_with(private_server.dsn, application_name=name)
+    with ConnectionPool(pdsn, min_size=1, open=True, reconnect_timeout=30, timeout=10) as pool:
+        time.sleep(0.3)
+        private_server.start()
+        with pool.connection(timeout=10) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+
+
+# -- validation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, pattern",
+    [
+        ({"min_size": -1}, ValueError, "min_size"),
+        ({"min_size": 1.5}, TypeError, "min_size"),
+        ({"min_size": 1, "max_size": -1}, ValueError, "max_size"),
+        ({"min_size": 1, "max_size": "2"}, TypeError, "max_size"),
+        ({"min_size": 3, "max_size": 2}, ValueError, "max_size"),
+        ({"min_size": 1, "num_workers": 0}, ValueError, "num_workers"),
+        ({"min_size": 1, "timeout": -1}, ValueError, "timeout"),
+    ],
+)
+def test_invalid_arguments_raise(dsn, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        ConnectionPool(dsn, open=False, **kwargs)
+
+
+def test_putconn_none_raises_and_pool_still_works(make_pool):
+    pool, _, _ = make_pool(min_size=1)
+    pool.wait(5)
+    with pytest.raises(PoolError):
+        pool.putconn(None)
+    with pool.connection() as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    assert pool.get_stats()["pool_available"] == 1
+
+
+def test_putconn_foreign_connection_raises_and_pool_still_works(make_pool, dsn):
+    pool, _, _ = make_pool(min_size=1)
+    pool.wait(5)
+    foreign = psycopg2.connect(dsn)
+    try:
+        with pytest.raises(PoolError):
+            pool.putconn(foreign)
+        assert not foreign.closed
+    finally:
+        foreign.close()
+    with pool.connection() as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    assert pool.get_stats()["pool_available"] == 1
+    assert pool.get_stats()["pool_size"] == 1
+
+
+def test_putconn_twice_raises_and_pool_still_works(make_pool):
+    pool, _, _ = make_pool(min_size=1)
+    pool.wait(5)
+    conn = pool.getconn()
+    real = conn.__wrapped__
+    pool.putconn(conn)
+    with pytest.raises(PoolError):
+        pool.putconn(conn)
+    with pytest.raises(PoolError):
+        pool.putconn(real)
+    with pool.connection() as c:
+        assert c.execute("select 1").fetchone() == (1,)
+    stats = pool.get_stats()
+    assert stats["pool_available"] == 1
+    assert stats["pool_size"] == 1
