@@ -1,0 +1,452 @@
+"""Turn one run's results.json into results.md (tables and the targets) and
+results.png (a chart of the main figures). ``python benchmarks/report.py`` redraws."""
+
+from __future__ import annotations
+
+import json
+import operator
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+Document = dict[str, Any]
+Row = dict[str, Any]
+
+MISSING = "-"
+
+
+# -- reading the document ----------------------------------------------------------
+
+
+def result(doc: Document, scenario: str, pool: str) -> Row | None:
+    """One pool's figures in one scenario; None if it did not run or failed."""
+    found = doc["scenarios"].get(scenario, {}).get("results", {}).get(pool)
+    return None if found is None or "error" in found else found
+
+
+def figure(doc: Document, scenario: str, pool: str, key: str) -> Any:
+    found = result(doc, scenario, pool)
+    return None if found is None else found.get(key)
+
+
+def pools_in_order(doc: Document) -> list[str]:
+    """Every pool that ran somewhere: ours first, then peers, then baselines."""
+    labels: dict[str, str] = doc["meta"]["labels"]
+    ran = {pool for s in doc["scenarios"].values() for pool in s["results"]}
+    rank = {"ours": 0, "peer": 1, "baseline": 2}
+    families = doc["meta"]["families"]
+    order = list(labels)
+    return sorted(ran, key=lambda pool: (rank[families[pool]], order.index(pool)))
+
+
+NO_POOL = {"psycopg2": "no-pool", "psycopg": "no-pool-psycopg3"}  # baseline of each driver
+
+
+def s2_ratio(doc: Document, pool: str) -> float | None:
+    """S2 time over the no-pool baseline of the same driver."""
+    mine = figure(doc, "S2", pool, "us_per_op")
+    base = figure(doc, "S2", NO_POOL[doc["meta"]["drivers"][pool]], "us_per_op")
+    return mine / base if mine and base else None
+
+
+# -- formatting --------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int | None = None) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        if digits is None:
+            digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def cell(doc: Document, scenario: str, pool: str, key: str, digits: int | None = None) -> str:
+    found = doc["scenarios"].get(scenario, {}).get("results", {}).get(pool)
+    if found is None:
+        return MISSING
+    if "error" in found:
+        return "failed"
+    return fmt(found.get(key), digits)
+
+
+def errors_cell(doc: Document, scenario: str, pool: str) -> str:
+    found = result(doc, scenario, pool)
+    if found is None:
+        return cell(doc, scenario, pool, "errors")
+    text = fmt(found.get("errors"))
+    if found.get("retries") is not None:
+        text += f" (+{found['retries']:,} retried)"
+    return text
+
+
+def oversized(doc: Document, scenario: str, pool: str, text: str) -> str:
+    """``text``, flagged with the connection count if the pool went over the scenario's size."""
+    found = result(doc, scenario, pool)
+    if found is None:
+        return text
+    most = found.get("server_connections_max", 0)
+    size = doc["scenarios"][scenario]["params"]["size"]
+    return f"{text} ({most} conns)" if most > size else text
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- the tables ----------------------------------------------------------------------
+
+
+def main_table(doc: Document) -> str:
+    labels = doc["meta"]["labels"]
+    header = [
+        "pool",
+        "S1 µs/op",
+        "S2 µs/op",
+        "S2 x no pool",
+        "S3 ops/s",
+        "S3 errors",
+        "S3 starved",
+        "S3 fairness",
+        "S4 % ideal",
+        "S4 fairness",
+        "S5 conns opened",
+        "S6 new conns",
+        "S6 ms",
+    ]
+    rows = []
+    for pool in pools_in_order(doc):
+        rows.append(
+            [
+                labels[pool],
+                cell(doc, "S1", pool, "us_per_op"),
+                cell(doc, "S2", pool, "us_per_op"),
+                fmt(s2_ratio(doc, pool)),
+                oversized(doc, "S3", pool, cell(doc, "S3", pool, "ops_per_s", 0)),
+                errors_cell(doc, "S3", pool),
+                cell(doc, "S3", pool, "starved"),
+                cell(doc, "S3", pool, "fairness"),
+                oversized(doc, "S4", pool, cell(doc, "S4", pool, "pct_of_ideal", 0)),
+                cell(doc, "S4", pool, "fairness"),
+                cell(doc, "S5", pool, "connections_opened"),
+                cell(doc, "S6", pool, "connections_opened"),
+                cell(doc, "S6", pool, "serve_ms", 0),
+            ]
+        )
+    return table(header, rows)
+
+
+Column = tuple[str, Callable[[Document, str, str], str]]
+
+
+def _key(key: str, digits: int | None = None) -> Callable[[Document, str, str], str]:
+    return lambda doc, scenario, pool: cell(doc, scenario, pool, key, digits)
+
+
+DETAIL_COLUMNS: dict[str, list[Column]] = {
+    "S1": [("µs/op (median)", _key("us_per_op")), ("ops per repeat", _key("ops_per_repeat"))],
+    "S2": [
+        ("µs/op (median)", _key("us_per_op")),
+        ("x no pool (same driver)", lambda doc, s, pool: fmt(s2_ratio(doc, pool))),
+    ],
+    "S3": [
+        ("ops/s", _key("ops_per_s", 0)),
+        ("wait p50 µs", _key("wait_p50_us")),
+        ("wait p99 µs", _key("wait_p99_us")),
+        ("wait max µs", _key("wait_max_us")),
+        ("fairness", _key("fairness")),
+        ("errors", errors_cell),
+        ("starved", _key("starved")),
+        ("server conns (max)", _key("server_connections_max")),
+    ],
+    "S5": [
+        ("ops/s, 16 threads", _key("busy_ops_per_s", 0)),
+        ("ops/s, 1 thread", _key("quiet_ops_per_s", 0)),
+        ("conns opened", _key("connections_opened")),
+        ("errors", _key("errors")),
+        ("server conns (max)", _key("server_connections_max")),
+    ],
+    "S6": [
+        ("time to serve all, ms", _key("serve_ms", 0)),
+        ("new conns opened", _key("connections_opened")),
+        ("new conns needed", _key("connections_needed")),
+        ("errors", _key("errors")),
+        ("server conns (max)", _key("server_connections_max")),
+    ],
+}
+DETAIL_COLUMNS["S4"] = [
+    ("ops/s", _key("ops_per_s", 0)),
+    ("% of ideal", _key("pct_of_ideal", 0)),
+    *DETAIL_COLUMNS["S3"][1:],
+]
+
+
+def detail_tables(doc: Document) -> str:
+    labels = doc["meta"]["labels"]
+    parts = []
+    for scenario, data in doc["scenarios"].items():
+        columns = DETAIL_COLUMNS[scenario]
+        rows = [
+            [labels[pool]] + [render(doc, scenario, pool) for _, render in columns]
+            for pool in pools_in_order(doc)
+            if pool in data["results"]
+        ]
+        params = ", ".join(f"{k}={v}" for k, v in data["params"].items())
+        if "ceiling_pct" in data:
+            params += (
+                f"; one connection running the query back to back reaches"
+                f" {data['ceiling_pct']:.1f}% of ideal: the ceiling for any pool"
+            )
+        parts.append(
+            f"### {scenario}: {data['title']}\n\n_{params}_\n\n"
+            + table(["pool"] + [c for c, _ in columns], rows)
+        )
+        failures = [
+            f"- {labels[pool]}: {found['error']}"
+            for pool, found in data["results"].items()
+            if "error" in found
+        ] + [
+            f"- {labels[pool]}: {found['failed_rounds']} round(s) failed; see results.json"
+            for pool, found in data["results"].items()
+            if found.get("failed_rounds")
+        ]
+        if failures:
+            parts.append("Failed:\n" + "\n".join(failures))
+    return "\n\n".join(parts)
+
+
+# -- the targets ---------------------------------------------------------------------
+
+COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "=": operator.eq,
+    "<=": operator.le,
+    ">=": operator.ge,
+}
+NAMES = {
+    "us_per_op": "time per op",
+    "ops_per_s": "throughput",
+    "errors": "errors",
+    "starved": "threads starved",
+    "fairness": "fairness",
+    "pct_of_ideal": "% of ideal",
+    "connections_opened": "connections opened",
+}
+
+
+@dataclass
+class Check:
+    text: str
+    measured: str
+    passed: bool | None  # None: not measured in this run
+
+    def line(self) -> str:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[self.passed]
+        return f"{verdict}  {self.text}: {self.measured}"
+
+
+def ratio(
+    doc: Document, scenario: str, mine: str, theirs: str, key: str, op: str, limit: float
+) -> Check:
+    """``mine``'s figure over ``theirs`` compared with ``limit``."""
+    labels = doc["meta"]["labels"]
+    text = f"{scenario} {labels[mine]} {NAMES[key]} vs {labels[theirs]} {op} {limit:.2f}x"
+    a, b = figure(doc, scenario, mine, key), figure(doc, scenario, theirs, key)
+    if not a or not b:
+        return Check(text, "not measured", None)
+    return Check(text, f"{fmt(a)} / {fmt(b)} = {a / b:.3f}x", COMPARE[op](a / b, limit))
+
+
+def bound(doc: Document, scenario: str, pool: str, key: str, op: str, limit: Any) -> Check:
+    """``pool``'s figure compared with a fixed ``limit``."""
+    text = f"{scenario} {doc['meta']['labels'][pool]} {NAMES[key]} {op} {fmt(limit)}"
+    value = figure(doc, scenario, pool, key)
+    if value is None or limit is None:
+        return Check(text, "not measured", None)
+    return Check(text, fmt(value), COMPARE[op](value, limit))
+
+
+def beats_unstarving_peers(doc: Document, pool: str) -> Check:
+    """S3 throughput at least that of every peer that serves every thread.
+
+    A peer that opened more server connections than the 8 of the scenario
+    (psycopg2-pool 1.2 does not enforce maxconn) is not doing the same job:
+    it is left out, and the check says so.
+    """
+    labels, families = doc["meta"]["labels"], doc["meta"]["families"]
+    s3 = doc["scenarios"].get("S3", {})
+    size = s3.get("params", {}).get("size")
+    text = f"S3 {labels[pool]} throughput >= every peer that starves no thread"
+    mine = figure(doc, "S3", pool, "ops_per_s")
+    rivals, oversized = {}, []
+    for other, found in s3.get("results", {}).items():
+        if families[other] != "peer" or "error" in found or found["starved"]:
+            continue
+        if found.get("server_connections_max", 0) > size:
+            oversized.append(f"{labels[other]} ({found['server_connections_max']} conns)")
+        else:
+            rivals[other] = found["ops_per_s"]
+    if mine is None or not rivals:
+        return Check(text, "not measured", None)
+    best = max(rivals, key=rivals.__getitem__)
+    measured = f"{fmt(mine, 0)} vs {fmt(rivals[best], 0)} ({labels[best]})"
+    if oversized:
+        measured += f"; left out, over {size} connections: {', '.join(oversized)}"
+    return Check(text, measured, mine >= rivals[best])
+
+
+def targets(doc: Document) -> list[Check]:
+    """The figures the issue asks of our pools, checked against this run."""
+    s5_max = doc["scenarios"].get("S5", {}).get("params", {}).get("max_size")
+    checks = [
+        ratio(doc, "S1", "ours-legacy", "psycopg2-threaded", "us_per_op", "<=", 1.10),
+        ratio(doc, "S1", "ours", "psycopg_pool", "us_per_op", "<=", 0.6),
+        ratio(doc, "S1", "ours-with", "psycopg_pool-with", "us_per_op", "<=", 0.6),
+    ]
+    for pool, theirs in (("ours", "psycopg_pool"), ("ours-with", "psycopg_pool-with")):
+        checks += [
+            ratio(doc, "S2", pool, "no-pool", "us_per_op", "<=", 1.10),
+            bound(doc, "S3", pool, "errors", "=", 0),
+            bound(doc, "S3", pool, "starved", "=", 0),
+            bound(doc, "S3", pool, "fairness", "<=", 2.0),
+            ratio(doc, "S3", pool, theirs, "ops_per_s", ">=", 1.5),
+            beats_unstarving_peers(doc, pool),
+            bound(doc, "S4", pool, "pct_of_ideal", ">=", 90.0),
+            bound(doc, "S4", pool, "fairness", "<=", 2.0),
+            bound(doc, "S5", pool, "connections_opened", "<=", s5_max),
+            bound(
+                doc,
+                "S6",
+                pool,
+                "connections_opened",
+                "<=",
+                figure(doc, "S6", pool, "connections_needed"),
+            ),
+        ]
+    return checks
+
+
+# -- the chart -------------------------------------------------------------------------
+
+CHARTS: list[tuple[str, str, str, bool]] = [
+    # scenario, key, axis label, logarithmic
+    ("S1", "us_per_op", "S1 acquire+release, µs/op (log)", True),
+    ("S2", "us_per_op", "S2 acquire+SELECT 1+release, µs/op (log)", True),
+    ("S3", "ops_per_s", "S3 32 threads / 8 conns, SELECT 1: ops/s", False),
+    ("S4", "pct_of_ideal", "S4 hold 2 ms: % of ideal 4000 ops/s", False),
+    ("S5", "connections_opened", "S5 churn: connections opened (log)", True),
+    ("S6", "serve_ms", "S6 spike: ms to serve 50 requests (log)", True),
+]
+COLORS = {"ours": "#d62728", "peer": "#1f77b4", "baseline": "#7f7f7f"}
+
+
+def chart(doc: Document, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    def short(value: float, _: object = None) -> str:
+        return f"{value / 1000:g}k" if value >= 10_000 else f"{value:g}"
+
+    labels, families = doc["meta"]["labels"], doc["meta"]["families"]
+    pools = pools_in_order(doc)
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    for ax, (scenario, key, title, log) in zip(axes.flat, CHARTS):
+        shown = [(pool, figure(doc, scenario, pool, key)) for pool in pools]
+        shown = [(pool, value) for pool, value in shown if value]
+        ax.set_title(title, fontsize=10)
+        if not shown:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        names = [labels[pool] for pool, _ in shown][::-1]
+        values = [value for _, value in shown][::-1]
+        colors = [COLORS[families[pool]] for pool, _ in shown][::-1]
+        ax.barh(names, values, color=colors)
+        if log:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(short))
+        if key == "pct_of_ideal":
+            ax.axvline(100, color="black", linestyle="--", linewidth=0.8)
+        ax.tick_params(axis="y", labelsize=8)
+        for y, value in enumerate(values):
+            ax.text(value, y, f" {fmt(value)}", va="center", fontsize=7)
+    fig.suptitle(f"psycopg2_pool benchmarks; {doc['meta']['pinning']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# -- the document ------------------------------------------------------------------------
+
+
+def markdown(doc: Document) -> str:
+    meta = doc["meta"]
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    skipped = "".join(
+        f"\n- not run: {meta['labels'][p]}: {why}" for p, why in meta["skipped"].items()
+    )
+    mode = " (--quick)" if meta["quick"] else ""
+    return f"""# Benchmark results
+
+Run {meta["date"]}{mode} on {meta["cpus"]} CPUs ({meta["machine"]}),
+PostgreSQL {meta["server_version"]}; {versions}.
+
+**Pinning:** {meta["pinning"]}. Each pool ran in a fresh process per scenario;
+compare ratios within this run, not absolute times across machines.{skipped}
+
+## Main figures
+
+{main_table(doc)}
+
+S1/S2: one thread, pool of 1, median of repeats (S2 x no pool: over one persistent
+connection of the same driver). S3/S4: 32 threads on 8 connections, median ops/s of
+the windows; fairness = max wait / p50 wait; starved = threads never served in a
+window. S5: connections opened in all (min 2, max 16; 16 threads with 1 ms think
+time, then 1 thread). S6: 50 simultaneous 2 ms requests on min 5 max 50 whose
+connections take 150 ms to open; new connections opened by the spike and time to
+serve all. Raising pools (psycopg2.pool, psycopg2-pool 1.2, ours legacy) also run
+behind a retry loop ("+ retry"); their PoolErrors are counted in "retried".
+
+## Targets
+
+```
+{chr(10).join(check.line() for check in targets(doc))}
+```
+
+## Details
+
+{detail_tables(doc)}
+"""
+
+
+def write(doc: Document, out: Path) -> str:
+    """Write results.md and results.png into ``out``; return the text to print."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown(doc))
+    chart(doc, out / "results.png")
+    lines = [main_table(doc), "", f"Pinning: {doc['meta']['pinning']}", "", "Targets:"]
+    lines += [check.line() for check in targets(doc)]
+    if "ceiling_pct" in doc["scenarios"].get("S4", {}):
+        ceiling = doc["scenarios"]["S4"]["ceiling_pct"]
+        lines.append(f"(S4: one connection alone reaches {ceiling:.1f}% of ideal on this machine)")
+    lines += ["", f"wrote {out / 'results.md'}, {out / 'results.png'}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    directory = (
+        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results"
+    )
+    print(write(json.loads((directory / "results.json").read_text()), directory))
