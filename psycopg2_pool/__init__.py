@@ -14,6 +14,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from . import _psycopg2_compat
+from .async_connection import AsyncModeNotSupported
+from .async_pool import AsyncConnectionPool, AsyncNullConnectionPool
 from .engine import AbstractConnectionPool
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .legacy import PersistentConnectionPool, SimpleConnectionPool, ThreadedConnectionPool
@@ -25,6 +27,9 @@ _psycopg2_compat.install()
 
 __all__ = [
     "AbstractConnectionPool",
+    "AsyncConnectionPool",
+    "AsyncModeNotSupported",
+    "AsyncNullConnectionPool",
     "ConnectionPool",
     "NullConnectionPool",
     "PersistentConnectionPool",
