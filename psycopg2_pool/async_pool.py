@@ -50,11 +50,11 @@ from .async_connection import (
     maybe_await,
 )
 from .engine import AbstractConnectionPool, Connection, Waiter
-from .errors import ConnectionReturned, PoolClosed, PoolError, PoolTimeout
+from .errors import PoolTimeout
 from .null_pool import NullConnectionPool
 from .pool import ConnectionPool, _Life
 from .workers import Task, Workers
-from .wrapper import RETURNED, PooledConnection
+from .wrapper import RETURNED
 
 __all__ = ["AsyncConnectionPool", "AsyncNullConnectionPool"]
 
@@ -391,17 +391,18 @@ class AsyncConnectionPool(ConnectionPool):
         except RuntimeError:
             raise RuntimeError(f"{type(self).__name__} open with no running loop") from None
         with self._mutex:
-            if not self.closed:
-                return
-            if self._opened:
-                raise PoolClosed("pool has already been opened/closed and cannot be reused")
-            self._loop = loop
-            self._loop_thread = threading.get_ident()
-            self.closed = False
-            self._opened = True
-            self._workers = _LoopWorkers(self.name, loop)
-            self._start_filling()
-        logger.info("pool %r opened", self.name)
+            if self.closed and not self._opened:
+                self._loop = loop
+                self._loop_thread = threading.get_ident()
+        super()._open()
+
+    def _make_workers(self) -> Workers:
+        assert self._loop is not None
+        return _LoopWorkers(self.name, self._loop)
+
+    def _new_waiter(self, key: Hashable) -> Waiter:
+        assert self._loop is not None
+        return AsyncWaiter(key, self._loop, self._loop_thread)
 
     async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
         """Wait until the pool holds ``min_size`` connections.
@@ -492,17 +493,6 @@ class AsyncConnectionPool(ConnectionPool):
             self._checkouts[id(handle)] = (monotonic(), traceback.format_stack()[:-1])
         return handle
 
-    def _when_empty(self, key: Hashable) -> Waiter | None:
-        # The sync policy decides (and counts, and grows the pool); its waiter
-        # is then swapped for one that an event loop can await.
-        waiter = super()._when_empty(key)
-        if waiter is None:
-            return None
-        assert self._loop is not None and self._waiters[-1] is waiter
-        mine = AsyncWaiter(key, self._loop, self._loop_thread)
-        self._waiters[-1] = mine
-        return mine
-
     def _wait(self, waiter: Waiter, timeout: float | None) -> Any:
         return self._wait_async(cast(AsyncWaiter, waiter), timeout)
 
@@ -574,28 +564,6 @@ class AsyncConnectionPool(ConnectionPool):
             return
         # Restore in a task of its own: if this one is cancelled, the return goes on.
         await asyncio.shield(self._give_back(real, handle))
-
-    def _claim(self, conn: Any) -> tuple[Connection, Any]:
-        """Check that ``conn`` is out of this pool and kill its handle.
-
-        Return the real connection and its handle.
-        """
-        if type(conn) is self._handle_class:
-            real = conn.__wrapped__
-            if real is RETURNED:
-                raise ConnectionReturned("this connection was already returned to the pool")
-            conn.__wrapped__ = RETURNED
-            return cast(Connection, real), conn
-        if isinstance(conn, (AsyncPooledConnection, PooledConnection)):
-            raise PoolError(
-                f"can't return connection to pool {self.name!r}:"
-                f" it comes from pool {conn._self_pool.name!r}"
-            )
-        key: Any = self._rused.get(id(conn))
-        if type(key) is not self._handle_class:
-            raise self._unkeyed_error(conn)
-        key.__wrapped__ = RETURNED
-        return cast(Connection, conn), key
 
     def _give_back(self, real: Connection, handle: Any = None) -> asyncio.Task[None]:
         """Restore ``real`` and file it back, in a task that survives cancellation."""

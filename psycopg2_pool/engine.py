@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Hashable
 from time import monotonic
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg2
 from psycopg2 import extensions as _ext
@@ -174,6 +174,10 @@ class AbstractConnectionPool:
     def _closed_error(self) -> PoolError:
         return PoolError("connection pool is closed")
 
+    def _refuse(self) -> NoReturn:
+        """Under the lock: turn a client of a closed pool away."""
+        raise self._closed_error()
+
     def _unkeyed_error(self, conn: Any) -> PoolError:
         return PoolError("trying to put unkeyed connection")
 
@@ -201,7 +205,7 @@ class AbstractConnectionPool:
         mutex.acquire()
         try:
             if self.closed:
-                raise self._closed_error()
+                self._refuse()
             if key is None:
                 key = self._getkey()
                 if not self._fresh_keys and key in self._used:

@@ -32,5 +32,15 @@ class PoolExhausted(PoolError, OperationalError):
     """
 
 
-class ConnectionReturned(PoolError):
-    """A connection handle was used after it went back to the pool."""
+class ConnectionReturned(PoolError, ValueError):
+    """A connection handle was used after it went back to the pool.
+
+    Also a ``ValueError``, which psycopg_pool raises for a connection returned twice.
+    """
+
+
+class NotFromThisPool(PoolError, ValueError):
+    """``putconn()`` of a connection the pool did not hand out (or of ``None``).
+
+    Also a ``ValueError``, which psycopg_pool raises in this case.
+    """

@@ -60,7 +60,7 @@ class NullConnectionPool(ConnectionPool):
             raise TooManyRequests(
                 f"the pool {self.name!r} has already {len(self._waiters)} requests waiting"
             )
-        waiter = Waiter(key)
+        waiter = self._new_waiter(key)
         self._waiters.append(waiter)
         self._stats[S.REQUESTS_QUEUED] += 1
         return waiter

@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable
 from functools import partial
 from time import monotonic
 from types import TracebackType
-from typing import Any, TypeVar, Union, cast
+from typing import Any, NoReturn, TypeVar, Union, cast
 
 import psycopg2
 from psycopg2 import extensions as _ext
@@ -30,6 +30,7 @@ from ._watchdog import run_bounded
 from .engine import AbstractConnectionPool, Connection, Waiter, unreferenced_keys
 from .errors import (
     ConnectionReturned,
+    NotFromThisPool,
     PoolClosed,
     PoolError,
     PoolExhausted,
@@ -281,9 +282,17 @@ class ConnectionPool(AbstractConnectionPool):
                 raise PoolClosed("pool has already been opened/closed and cannot be reused")
             self.closed = False
             self._opened = True
-            self._workers = Workers(self.name, self.num_workers)
+            self._workers = self._make_workers()
             self._start_filling()
         logger.info("pool %r opened", self.name)
+
+    def _make_workers(self) -> Workers:
+        """The threads (or, for the async pools, loop tasks) that keep the pool."""
+        return Workers(self.name, self.num_workers)
+
+    def _new_waiter(self, key: Hashable) -> Waiter:
+        """A client's place in the queue (the async pools' can be awaited)."""
+        return Waiter(key)
 
     def _start_filling(self) -> None:
         """Under the lock, on open: ask the workers for ``min_size`` connections."""
@@ -357,6 +366,10 @@ class ConnectionPool(AbstractConnectionPool):
         if workers is not None and not getattr(self, "closed", True):
             workers.stop(0.0)
 
+    def _refuse(self) -> NoReturn:
+        self._requests += 1  # psycopg_pool counts refused requests too
+        raise self._closed_error()
+
     def _closed_error(self) -> PoolError:
         if self._opened:
             return PoolClosed(f"the pool {self.name!r} is already closed")
@@ -428,7 +441,7 @@ class ConnectionPool(AbstractConnectionPool):
             raise TooManyRequests(
                 f"the pool {self.name!r} has already {len(self._waiters)} requests waiting"
             )
-        waiter = Waiter(key)
+        waiter = self._new_waiter(key)
         self._waiters.append(waiter)
         self._stats[S.REQUESTS_QUEUED] += 1
         self._grow()
@@ -496,23 +509,14 @@ class ConnectionPool(AbstractConnectionPool):
     def putconn(self, conn: Any) -> None:
         """Give back a connection (the handle, or the real connection it wraps)."""
         if type(conn) is self._handle_class:
+            # _claim(), inlined for the common case: this is the hot path.
             real = conn.__wrapped__
             if real is RETURNED:
                 raise ConnectionReturned("this connection was already returned to the pool")
             conn.__wrapped__ = RETURNED
             handle = conn
-        elif isinstance(conn, PooledConnection):
-            raise PoolError(
-                f"can't return connection to pool {self.name!r}:"
-                f" it comes from pool {conn._self_pool.name!r}"
-            )
         else:
-            real = conn
-            key = self._rused.get(id(real))
-            if type(key) is not self._handle_class:
-                raise self._unkeyed_error(conn)
-            handle = key
-            handle.__wrapped__ = RETURNED
+            real, handle = self._claim(conn)
         if self.leak_timeout is not None:
             self._checkouts.pop(id(handle), None)
             self._leaks_reported.discard(id(handle))
@@ -534,8 +538,30 @@ class ConnectionPool(AbstractConnectionPool):
                     self._forget(key)
             self._drop(real)
 
+    def _claim(self, conn: Any) -> tuple[Connection, Any]:
+        """Check that ``conn`` (handle or real connection) is out of this pool.
+
+        Kill its handle and return the real connection and the handle.
+        """
+        if type(conn) is self._handle_class:
+            real = conn.__wrapped__
+            if real is RETURNED:
+                raise ConnectionReturned("this connection was already returned to the pool")
+            conn.__wrapped__ = RETURNED
+            return real, conn
+        owner = getattr(type(conn), "_self_pool", None)
+        if owner is not None:
+            raise NotFromThisPool(
+                f"can't return connection to pool {self.name!r}: it comes from pool {owner.name!r}"
+            )
+        handle = self._rused.get(id(conn))
+        if type(handle) is not self._handle_class:
+            raise self._unkeyed_error(conn)
+        handle.__wrapped__ = RETURNED
+        return conn, handle
+
     def _unkeyed_error(self, conn: Any) -> PoolError:
-        return PoolError(
+        return NotFromThisPool(
             f"can't return connection to pool {self.name!r}: it was not checked out of it,"
             " or was already returned"
         )
@@ -787,7 +813,7 @@ class ConnectionPool(AbstractConnectionPool):
         self._oversize = False
         if self._workers is not None:
             # The parent's threads do not exist here: start the child's own.
-            self._workers = Workers(self.name, self.num_workers)
+            self._workers = self._make_workers()
             self._start_filling()
 
     def check(self) -> None:
@@ -841,8 +867,16 @@ class ConnectionPool(AbstractConnectionPool):
                 life.expires = 0.0
         for conn in idle:
             self._drop(conn)
-        for _ in idle:
-            self._replace()
+        # As psycopg_pool does: a new connection for each one closed, even above
+        # min_size (the surplus idles out later).
+        with self._mutex:
+            if self.closed or self._workers is None:
+                return
+            for _ in idle:
+                if self._size() >= self.maxconn:
+                    break
+                self._pending += 1
+                self._workers.submit(self._add_connection)
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change ``min_size`` and ``max_size`` while the pool runs."""
