@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import wrapt
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE as _IDLE
 from psycopg2.extensions import cursor as Cursor
 
 from .errors import ConnectionReturned
@@ -114,8 +115,8 @@ class PooledConnection(_Proxy):
         if conn is RETURNED:
             return  # given back inside the block already
         try:
-            if conn.closed:
-                pass
+            if conn.closed or conn.get_transaction_status() == _IDLE:
+                pass  # nothing to end (and commit() would cost a call for nothing)
             elif exc_type is None:
                 conn.commit()
             else:
