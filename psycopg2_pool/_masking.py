@@ -6,7 +6,10 @@ Every string the package shows about a connection target goes through here.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
+
+from psycopg2.extensions import parse_dsn
 
 _MASK = "********"
 
@@ -44,3 +47,38 @@ def mask_text(text: str, secrets: tuple[str, ...]) -> str:
         if secret:
             text = text.replace(secret, _MASK)
     return mask_dsn(text)
+
+
+def secrets_in(sources: Iterable[Any]) -> tuple[str, ...]:
+    """The passwords found in connect() arguments: conninfo strings, URIs, dicts."""
+    found = []
+    for source in sources:
+        if isinstance(source, dict):
+            password = source.get("password")
+            if isinstance(password, str) and password:
+                found.append(password)
+            source = source.get("dsn")
+        if isinstance(source, str) and source:
+            try:
+                password = parse_dsn(source).get("password")
+            except Exception:  # malformed: mask_dsn's patterns still apply
+                password = None
+            if password:
+                found.append(password)
+    return tuple(found)
+
+
+def scrubbed(exc: BaseException, secrets: tuple[str, ...]) -> BaseException:
+    """``exc``, or an exception of the same class whose message shows no password.
+
+    libpq quotes a malformed URI whole, password included, in its error.
+    """
+    text = str(exc)
+    clean = mask_text(text, secrets)
+    if clean == text:
+        return exc
+    try:
+        masked = type(exc)(clean)
+    except Exception:  # a class that wants other arguments
+        masked = RuntimeError(clean)
+    return masked.with_traceback(exc.__traceback__)

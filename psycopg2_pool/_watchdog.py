@@ -1,14 +1,17 @@
-"""Bounding a blocking libpq call by a deadline.
+"""Socket-level care for connections: bounding blocking calls, spotting dead ones.
 
 libpq waits on its socket with no timeout of its own; if the server stops
 answering, only a shutdown of the socket makes the call return. A watchdog
 shuts the socket down when the deadline passes, unless the call finished first.
+A server that went away leaves its idle connections readable, which a
+zero-timeout select() sees without a round trip.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -74,3 +77,67 @@ def run_bounded(
         finished_in_time = dog.done()
     if not finished_in_time:
         raise TimeoutError(f"no answer from the server within {seconds:.2f} sec")
+
+
+def readable_fds(fds: list[int]) -> list[int]:
+    """Which of ``fds`` have something to read right now (no waiting)."""
+    if not fds:
+        return []
+    try:
+        ready, _, _ = select.select(fds, [], [], 0)
+    except (OSError, ValueError):  # a descriptor closed meanwhile: look one by one
+        ready = []
+        for fd in fds:
+            try:
+                if select.select([fd], [], [], 0)[0]:
+                    ready.append(fd)
+            except (OSError, ValueError):
+                ready.append(fd)
+    return ready
+
+
+def socket_alive(conn: Any) -> bool:
+    """Whether an idle connection's server end is still there, without a round trip.
+
+    A live idle connection has nothing to read but notifications. A server that
+    went away left an ErrorResponse ('E', FATAL) and end-of-file: peeking at the
+    first byte tells, without disturbing libpq. Over TLS the bytes are
+    encrypted, so libpq reads them instead (poll()) until it sees the end.
+    """
+    if conn.closed:
+        return False
+    try:
+        fd = conn.fileno()
+    except Exception:
+        return False
+    if not readable_fds([fd]):
+        return True
+    if not conn.info.ssl_in_use:
+        first = _peek(fd)
+        if first in (b"", b"E"):
+            return False
+    for _ in range(3):
+        try:
+            conn.poll()  # consumes notifications; raises once the server is gone
+        except Exception:
+            return False
+        if conn.closed:
+            return False
+        if not readable_fds([fd]):
+            return True
+    return False
+
+
+def _peek(fd: int) -> bytes | None:
+    """The next byte waiting on ``fd`` without consuming it; b"" at end of file."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    with sock:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""

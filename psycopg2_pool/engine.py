@@ -19,6 +19,7 @@ import psycopg2
 from psycopg2 import extensions as _ext
 
 from . import _fork
+from ._masking import scrubbed, secrets_in
 from .errors import PoolError
 
 logger = logging.getLogger("psycopg2_pool")
@@ -27,6 +28,9 @@ Connection = _ext.connection
 
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
 _UNKNOWN = _ext.TRANSACTION_STATUS_UNKNOWN
+# psycopg2's own view: after PREPARE TRANSACTION libpq says idle but psycopg2
+# still thinks a transaction is open (and would not send BEGIN for the next).
+_READY = _ext.STATUS_READY
 
 
 class AutoKey:
@@ -158,7 +162,7 @@ class AbstractConnectionPool:
         status = conn.get_transaction_status()
         if status == _UNKNOWN:
             return False
-        if status != _IDLE:
+        if status != _IDLE or conn.status != _READY:
             try:
                 conn.rollback()
             except psycopg2.Error as exc:
@@ -185,7 +189,10 @@ class AbstractConnectionPool:
 
     def _connect(self, key: Hashable | None = None) -> Connection:
         """Create a new connection and assign it to ``key`` if not None."""
-        conn: Connection = psycopg2.connect(*self._args, **self._kwargs)
+        try:
+            conn: Connection = psycopg2.connect(*self._args, **self._kwargs)
+        except psycopg2.Error as exc:
+            raise scrubbed(exc, secrets_in((*self._args, self._kwargs))) from None
         with self._mutex:
             if key is not None:
                 self._used[key] = conn
@@ -309,6 +316,7 @@ class AbstractConnectionPool:
                 and not self._always_settle
                 and not conn.closed
                 and conn.get_transaction_status() == _IDLE
+                and conn.status == _READY
             ):
                 # The common case, decided without I/O.
                 if self._waiters or self._keep_all or len(self._pool) < self.minconn:

@@ -25,8 +25,8 @@ import psycopg2
 from psycopg2 import extensions as _ext
 
 from . import stats as S
-from ._masking import mask_dsn, mask_text
-from ._watchdog import run_bounded
+from ._masking import mask_dsn, mask_text, scrubbed, secrets_in
+from ._watchdog import readable_fds, run_bounded, socket_alive
 from .engine import AbstractConnectionPool, Connection, Waiter, unreferenced_keys
 from .errors import (
     ConnectionReturned,
@@ -78,11 +78,22 @@ def _spelled_v12(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 class _Life:
     """What the pool remembers about one of its connections."""
 
-    __slots__ = ("expires", "idle_since")
+    __slots__ = ("expires", "idle_since", "verified")
 
     def __init__(self, expires: float, now: float) -> None:
         self.expires = expires
         self.idle_since = now
+        self.verified = now  # last known to work: made, or probed, then
+
+
+def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
+    """Raise if a callback left ``conn`` inside a transaction."""
+    status = conn.get_transaction_status()
+    if status != _IDLE or conn.status != _ext.STATUS_READY:
+        raise psycopg2.ProgrammingError(
+            f"connection left in status {_STATUS_NAMES.get(status, status)}"
+            f" by {role} function {function!r}: discarded"
+        )
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -216,7 +227,9 @@ class ConnectionPool(AbstractConnectionPool):
         if open is None:
             open = self._open_implicit = True
         # Nothing to do on checkout beyond handing the connection over.
-        self._plain_checkout = not (self._open_implicit or check or leak_timeout is not None)
+        # Connections last verified before this may be dead: the pool saw one die.
+        self._suspect_before = 0.0
+        self._update_plain_checkout()
         if open:
             self._open()
 
@@ -236,14 +249,8 @@ class ConnectionPool(AbstractConnectionPool):
         return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
 
     def _find_secrets(self) -> tuple[str, ...]:
-        found = []
-        for source in (self._connect_kwargs, self.kwargs):
-            if isinstance(source, dict):
-                for key in ("password", "dsn"):
-                    value = source.get(key)
-                    if key == "password" and isinstance(value, str):
-                        found.append(value)
-        return tuple(found)
+        sources = [self._connect_kwargs, self.conninfo, self.kwargs]
+        return secrets_in(source for source in sources if not callable(source))
 
     def _masked(self, error: BaseException) -> str:
         return mask_text(str(error), self._secrets)
@@ -409,8 +416,12 @@ class ConnectionPool(AbstractConnectionPool):
         """The checkout steps only some pools need: warning, check, leak tracking."""
         if self._open_implicit:
             self._warn_implicit_open()
+        deadline = monotonic() + timeout
+        if self._suspect_before:
+            conn = self._trusted(conn, deadline, timeout)
+            handle = self._rused[id(conn)]  # type: ignore[assignment]
         if self._check is not None:
-            conn = self._checked(conn, monotonic() + timeout, timeout)
+            conn = self._checked(conn, deadline, timeout)
             handle = self._rused[id(conn)]  # type: ignore[assignment]
         handle.__wrapped__ = conn
         if self.leak_timeout is not None:
@@ -423,9 +434,18 @@ class ConnectionPool(AbstractConnectionPool):
         self._requests += 1
         return self._new_handle(self._handle_class)
 
+    def _update_plain_checkout(self) -> None:
+        # One flag for getconn(): anything to do beyond handing the connection over?
+        self._plain_checkout = not (
+            self._open_implicit
+            or self._check
+            or self.leak_timeout is not None
+            or self._suspect_before
+        )
+
     def _warn_implicit_open(self) -> None:
         self._open_implicit = False
-        self._plain_checkout = not (self._check or self.leak_timeout is not None)
+        self._update_plain_checkout()
         warnings.warn(
             f"the default for the {type(self).__name__} 'open' parameter will become"
             " 'False' in a future release. Please use open={True|False} explicitly,"
@@ -444,6 +464,11 @@ class ConnectionPool(AbstractConnectionPool):
         waiter = self._new_waiter(key)
         self._waiters.append(waiter)
         self._stats[S.REQUESTS_QUEUED] += 1
+        if self._size() >= self.maxconn and self._workers is not None:
+            # Full: before anyone waits for the sweep, take back what was dropped.
+            dropped = self._take_dropped_handles()
+            if dropped:
+                self._workers.submit(partial(self._settle_dropped, dropped))
         self._grow()
         return waiter
 
@@ -474,6 +499,7 @@ class ConnectionPool(AbstractConnectionPool):
         while True:
             try:
                 self._bounded(partial(check, conn), conn, deadline - monotonic())
+                _ensure_idle(conn, "check", check)
             except Exception as exc:
                 logger.info("connection failed check: %s", self._masked(exc))
                 self._discard_checked_out(conn, lost=True)
@@ -494,6 +520,24 @@ class ConnectionPool(AbstractConnectionPool):
         else:
             run_bounded(call, conn, seconds, workers.schedule)
 
+    def _trusted(self, conn: Connection, deadline: float, timeout: float) -> Connection:
+        """Probe ``conn`` if it is suspect; replace it while it turns out dead."""
+        while True:
+            life = self._lives.get(id(conn))
+            if life is None or life.verified >= self._suspect_before:
+                return conn
+            if socket_alive(conn):
+                life.verified = monotonic()
+                return conn
+            self._discard_checked_out(conn, lost=True)
+            if deadline - monotonic() <= 0:
+                with self._mutex:
+                    self._stats[S.REQUESTS_ERRORS] += 1
+                raise PoolTimeout(
+                    f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec"
+                )
+            conn = self._getconn(None, max(0.0, deadline - monotonic()))
+
     def _discard_checked_out(self, conn: Connection, lost: bool) -> None:
         with self._mutex:
             key = self._rused.get(id(conn))
@@ -502,7 +546,53 @@ class ConnectionPool(AbstractConnectionPool):
             if lost:
                 self._stats[S.CONNECTIONS_LOST] += 1
         self._drop(conn)
+        if lost:
+            self._saw_death()
         self._replace()
+
+    def _saw_death(self) -> None:
+        """A connection turned out dead: distrust the older ones until probed."""
+        with self._mutex:
+            self._suspect_before = monotonic()
+            self._update_plain_checkout()
+            workers = self._workers
+        if workers is not None:
+            workers.submit(self._probe_idle)
+
+    def _probe_idle(self) -> None:
+        """Find idle connections whose server end has gone, without a round trip.
+
+        An idle connection has nothing to read unless the server closed it (or
+        sent a notification): only the readable ones are looked at closer.
+        """
+        with self._mutex:
+            idle = [(conn, conn.fileno()) for conn in self._pool if not conn.closed]
+        readable = set(readable_fds([fd for _, fd in idle]))
+        if not readable:
+            return
+        with self._mutex:
+            suspects = [conn for conn, fd in idle if fd in readable and conn in self._pool]
+            for conn in suspects:
+                self._pool.remove(conn)
+            self._pending += len(suspects)
+        dead = 0
+        for conn in suspects:
+            alive = socket_alive(conn)
+            with self._mutex:
+                self._pending -= 1
+                if alive and not self.closed:
+                    self._release(conn)
+                    continue
+                if not alive:
+                    dead += 1
+                    self._stats[S.CONNECTIONS_LOST] += 1
+            self._drop(conn)
+            self._replace()
+        if dead:
+            logger.warning("discarded %s idle connections of %r found dead", dead, self.name)
+            with self._mutex:
+                self._suspect_before = monotonic()
+                self._update_plain_checkout()
 
     # -- return -------------------------------------------------------------------
 
@@ -525,6 +615,8 @@ class ConnectionPool(AbstractConnectionPool):
         close = life is None or life.expires <= now or (self._oversize and self._over_max())
         if life is not None:
             life.idle_since = now
+            if life.verified < self._suspect_before and not close:
+                close = not self._verify(real, life)
         try:
             self._putconn(real, handle, close)
         except KeyError:
@@ -537,6 +629,15 @@ class ConnectionPool(AbstractConnectionPool):
                 if key is not None:
                     self._forget(key)
             self._drop(real)
+
+    def _verify(self, conn: Connection, life: _Life) -> bool:
+        """Probe a returned suspect connection; count it lost if it is dead."""
+        if socket_alive(conn):
+            life.verified = monotonic()
+            return True
+        with self._mutex:
+            self._stats[S.CONNECTIONS_LOST] += 1
+        return False
 
     def _claim(self, conn: Any) -> tuple[Connection, Any]:
         """Check that ``conn`` (handle or real connection) is out of this pool.
@@ -584,12 +685,7 @@ class ConnectionPool(AbstractConnectionPool):
         if self._reset is not None:
             try:
                 self._reset(conn)
-                status = conn.get_transaction_status()
-                if status != _IDLE:
-                    raise psycopg2.ProgrammingError(
-                        f"connection left in status {_STATUS_NAMES.get(status, status)}"
-                        f" by reset function {self._reset!r}: discarded"
-                    )
+                _ensure_idle(conn, "reset", self._reset)
             except Exception as exc:
                 logger.warning("error resetting connection: %s", self._masked(exc))
                 return False
@@ -601,6 +697,7 @@ class ConnectionPool(AbstractConnectionPool):
             with self._mutex:
                 self._stats[S.RETURNS_BAD] += 1
             logger.warning("discarding broken connection returned to %r", self.name)
+            self._saw_death()
         self._replace()
 
     def _replace(self) -> None:
@@ -644,22 +741,17 @@ class ConnectionPool(AbstractConnectionPool):
             if "dsn" not in kwargs:
                 kwargs = {**kwargs, "dsn": conninfo or ""}
             conn: Connection = psycopg2.connect(connection_factory=self.connection_class, **kwargs)
-        except Exception:
+        except Exception as exc:
             with self._mutex:
                 self._stats[S.CONNECTIONS_ERRORS] += 1
-            raise
+            raise scrubbed(exc, self._secrets + secrets_in((conninfo, kwargs))) from None
         now = monotonic()
         with self._mutex:
             self._stats[S.CONNECTIONS_MS] += int(1000.0 * (now - started))
         if self._configure is not None:
             try:
                 self._configure(conn)
-                status = conn.get_transaction_status()
-                if status != _IDLE:
-                    raise psycopg2.ProgrammingError(
-                        f"connection left in status {_STATUS_NAMES.get(status, status)}"
-                        f" by configure function {self._configure!r}: discarded"
-                    )
+                _ensure_idle(conn, "configure", self._configure)
             except BaseException:
                 self._close_quietly(conn)
                 raise
@@ -726,7 +818,9 @@ class ConnectionPool(AbstractConnectionPool):
         period = min(self.max_idle, self.max_lifetime) / 4
         if self.leak_timeout is not None:
             period = min(period, self.leak_timeout / 2)
-        return min(max(period, 0.02), 5.0)
+        # At least every second: the sweep also spots idle connections whose
+        # server went away (one select() call), so that the pool refills soon.
+        return min(max(period, 0.02), 1.0)
 
     def _sweep(self) -> None:
         """Periodic task: close expired and surplus idle connections, find leaks."""
@@ -752,6 +846,11 @@ class ConnectionPool(AbstractConnectionPool):
                     keep.append(conn)
             self._pool[:] = keep
             dropped = self._take_dropped_handles()
+            if self._suspect_before and all(
+                life.verified >= self._suspect_before for life in self._lives.values()
+            ):
+                self._suspect_before = 0.0
+                self._update_plain_checkout()
             self._workers.schedule(self._sweep_interval(), self._sweep)
         if closing:
             logger.info("closing %s idle or expired connections in %r", len(closing), self.name)
@@ -759,7 +858,13 @@ class ConnectionPool(AbstractConnectionPool):
             self._drop(conn)
         for _ in closing:
             self._replace()
-        for conn in dropped:
+        self._settle_dropped(dropped)
+        self._probe_idle()
+        if self.leak_timeout is not None:
+            self._report_leaks(now)
+
+    def _settle_dropped(self, conns: list[Connection]) -> None:
+        for conn in conns:
             warnings.warn(
                 f"a connection of pool {self.name!r} was dropped without being returned:"
                 " it was rolled back and taken back",
@@ -767,8 +872,6 @@ class ConnectionPool(AbstractConnectionPool):
                 stacklevel=1,
             )
             self._settle(conn, close=False)
-        if self.leak_timeout is not None:
-            self._report_leaks(now)
 
     def _take_dropped_handles(self) -> list[Connection]:
         """Under the lock: connections whose handle nothing references any more."""
@@ -776,7 +879,7 @@ class ConnectionPool(AbstractConnectionPool):
         for handle in unreferenced_keys(self._used, on_key=True):
             try:
                 handle.__wrapped__  # type: ignore[attr-defined]  # noqa: B018
-            except ValueError:
+            except (AttributeError, ValueError):  # wrapt's word for "not set yet"
                 # Not handed over yet: getconn() is between the engine and the
                 # client, holding no reference of its own for a moment.
                 continue
