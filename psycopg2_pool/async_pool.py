@@ -690,8 +690,7 @@ class AsyncConnectionPool(ConnectionPool):
                 self._stats[S.CONNECTIONS_ERRORS] += 1
             raise
         now = monotonic()
-        with self._mutex:
-            self._stats[S.CONNECTIONS_MS] += int(1000.0 * (now - started))
+        self._connected(now - started)
         if self._aconfigure is not None:
             try:
                 await maybe_await(self._aconfigure(AsyncConnection(conn)))

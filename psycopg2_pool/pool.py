@@ -219,6 +219,7 @@ class ConnectionPool(AbstractConnectionPool):
         self._new_handle = self._handle_class.__new__
         self._lives: dict[int, _Life] = {}
         self._growing = False
+        self._connect_time = 0.0  # seconds a connection takes to open, on average
         self._oversize = False
         self._filled = threading.Condition(self._mutex)
         self._workers: Workers | None = None
@@ -484,9 +485,26 @@ class ConnectionPool(AbstractConnectionPool):
         if self._growing or self._size() >= self.maxconn or self._workers is None:
             return
         self._growing = True
+        if self._size() < self.minconn or not self._connect_time:
+            self._start_growing()
+        else:
+            # A spike of short requests is served by the connections coming
+            # back before a new one could arrive: look again after about one
+            # connect time, and open one only if clients are still waiting.
+            self._workers.schedule(self._connect_time, self._grow_if_still_needed)
+
+    def _start_growing(self) -> None:
+        assert self._workers is not None
         self._pending += 1
         logger.info("growing pool %r to %s", self.name, self._size())
         self._workers.submit(lambda: self._add_connection(growing=True))
+
+    def _grow_if_still_needed(self) -> None:
+        with self._mutex:
+            if not self.closed and self._waiters and self._size() < self.maxconn:
+                self._start_growing()
+            else:
+                self._growing = False
 
     def _checked(self, conn: Connection, deadline: float, timeout: float) -> Connection:
         """Run the ``check`` callback; replace connections that fail it.
@@ -746,8 +764,7 @@ class ConnectionPool(AbstractConnectionPool):
                 self._stats[S.CONNECTIONS_ERRORS] += 1
             raise scrubbed(exc, self._secrets + secrets_in((conninfo, kwargs))) from None
         now = monotonic()
-        with self._mutex:
-            self._stats[S.CONNECTIONS_MS] += int(1000.0 * (now - started))
+        self._connected(now - started)
         if self._configure is not None:
             try:
                 self._configure(conn)
@@ -760,6 +777,14 @@ class ConnectionPool(AbstractConnectionPool):
         expires = now + self.max_lifetime * (1.0 - 0.1 * random.random())
         self._lives[id(conn)] = _Life(expires, now)
         return conn
+
+    def _connected(self, seconds: float) -> None:
+        """Account for a connection made in ``seconds``."""
+        with self._mutex:
+            self._stats[S.CONNECTIONS_MS] += int(1000.0 * seconds)
+            # A moving average: what waiting for a new connection costs now.
+            previous = self._connect_time
+            self._connect_time = seconds if not previous else 0.7 * previous + 0.3 * seconds
 
     def _add_connection(self, attempt: Backoff | None = None, growing: bool = False) -> None:
         """Worker task: open a connection in a slot already counted in ``_pending``."""
