@@ -465,6 +465,18 @@ else:
     _Proxy = wrapt.BaseObjectProxy
 
 
+def _readable_only(name: str) -> Any:
+    """A session setting psycopg2's async mode can read but not change."""
+
+    def get(self: Any) -> Any:
+        return getattr(self.__wrapped__, name)
+
+    def refuse(self: Any, value: Any) -> NoReturn:
+        _unsupported(f"setting {name}")
+
+    return property(get, refuse)
+
+
 class AsyncConnection(_Proxy):
     """A psycopg2 asynchronous connection awaited as psycopg 3's ``AsyncConnection``.
 
@@ -618,29 +630,9 @@ class AsyncConnection(_Proxy):
     def pipeline(self, *args: Any, **kwargs: Any) -> NoReturn:
         _unsupported("pipeline mode")
 
-    @property
-    def isolation_level(self) -> Any:
-        return self.__wrapped__.isolation_level
-
-    @isolation_level.setter
-    def isolation_level(self, value: Any) -> NoReturn:
-        _unsupported("setting isolation_level")
-
-    @property
-    def readonly(self) -> Any:
-        return self.__wrapped__.readonly
-
-    @readonly.setter
-    def readonly(self, value: Any) -> NoReturn:
-        _unsupported("setting readonly")
-
-    @property
-    def deferrable(self) -> Any:
-        return self.__wrapped__.deferrable
-
-    @deferrable.setter
-    def deferrable(self, value: Any) -> NoReturn:
-        _unsupported("setting deferrable")
+    isolation_level = _readable_only("isolation_level")
+    readonly = _readable_only("readonly")
+    deferrable = _readable_only("deferrable")
 
 
 class AsyncPooledConnection(AsyncConnection):
