@@ -8,6 +8,7 @@ now holds.
 from __future__ import annotations
 
 import logging
+from operator import attrgetter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,24 @@ else:
     _Proxy = wrapt.BaseObjectProxy
 
 
+def _forward(name: str, writable: bool = False) -> Any:
+    """A class-level shortcut to the wrapped connection's ``name``.
+
+    wrapt finds a forwarded attribute only after a failed lookup on the proxy,
+    which costs an exception; the attributes every request touches skip that.
+    The getter is a C-level attrgetter: no Python frame either.
+    """
+
+    def set_(self: Any, value: Any) -> None:
+        setattr(self.__wrapped__, name, value)
+
+    return property(
+        attrgetter(f"__wrapped__.{name}"),
+        set_ if writable else None,
+        doc=f"The connection's ``{name}``.",
+    )
+
+
 class PooledConnection(_Proxy):
     """A psycopg2 connection checked out of a :class:`ConnectionPool`.
 
@@ -74,6 +93,14 @@ class PooledConnection(_Proxy):
     __hash__ = object.__hash__
     __eq__ = object.__eq__
     __ne__ = object.__ne__
+
+    cursor = _forward("cursor")
+    commit = _forward("commit")
+    rollback = _forward("rollback")
+    closed = _forward("closed")
+    status = _forward("status")
+    autocommit = _forward("autocommit", writable=True)
+    get_transaction_status = _forward("get_transaction_status")
 
     @classmethod
     def for_pool(cls, pool: ConnectionPool) -> type[PooledConnection]:
