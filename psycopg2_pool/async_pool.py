@@ -90,7 +90,7 @@ class AsyncWaiter(Waiter):
     own ``_wait`` settle the outcome (served, timed out, interrupted).
     """
 
-    __slots__ = ("_future", "_loop", "_thread", "interrupt", "queued_at")
+    __slots__ = ("_future", "_loop", "_thread", "interrupt")
 
     def __init__(self, key: Hashable, loop: asyncio.AbstractEventLoop, thread: int) -> None:
         self.key = key
@@ -100,7 +100,7 @@ class AsyncWaiter(Waiter):
         self._thread = thread
         self._future: asyncio.Future[None] = loop.create_future()
         self.interrupt: BaseException | None = None
-        self.queued_at = monotonic()
+        self.since = monotonic()
 
     def serve(self, conn: Connection) -> None:
         self.conn = conn
@@ -505,11 +505,6 @@ class AsyncConnectionPool(ConnectionPool):
                 if waiter.conn is None:
                     self._stats[S.REQUESTS_ERRORS] += 1
         return super()._wait(waiter, timeout)
-
-    def _note_wait(self, waiter: Waiter, seconds: float) -> None:
-        if isinstance(waiter, AsyncWaiter):
-            seconds = monotonic() - waiter.queued_at
-        super()._note_wait(waiter, seconds)
 
     def _open_for(self, key: Hashable) -> Any:
         return self._open_for_async(key)

@@ -57,12 +57,13 @@ class Waiter:
     sleeps on a per-client lock outside it.
     """
 
-    __slots__ = ("_signal", "conn", "error", "key")
+    __slots__ = ("_signal", "conn", "error", "key", "since")
 
     def __init__(self, key: Hashable) -> None:
         self.key = key
         self.conn: Connection | None = None
         self.error: BaseException | None = None
+        self.since = monotonic()
         self._signal = threading.Lock()
         self._signal.acquire()
 
@@ -248,7 +249,6 @@ class AbstractConnectionPool:
 
     def _wait(self, waiter: Waiter, timeout: float | None) -> Connection:
         """Sleep until ``waiter`` is served; give up after ``timeout`` seconds."""
-        started = monotonic()
         try:
             served = waiter.sleep(timeout)
         except BaseException:
@@ -261,18 +261,21 @@ class AbstractConnectionPool:
                     raise
             self._putconn(waiter.conn, waiter.key)
             raise
-        with self._mutex:
-            if not served and waiter.conn is None and waiter.error is None:
-                self._waiters.remove(waiter)
-                waiter.error = self._timeout_error(waiter, timeout)
-            self._note_wait(waiter, monotonic() - started)
+        if not served:
+            # Served (or failed) just as the time ran out? Only the lock can tell.
+            # A client served in time needs no lock: the server noted its wait.
+            with self._mutex:
+                if waiter.conn is None and waiter.error is None:
+                    self._waiters.remove(waiter)
+                    waiter.error = self._timeout_error(waiter, timeout)
+                    self._note_wait(waiter, monotonic() - waiter.since)
         if waiter.error is not None:
             raise waiter.error
         assert waiter.conn is not None
         return waiter.conn
 
     def _note_wait(self, waiter: Waiter, seconds: float) -> None:
-        """Called under the lock after a client waited (served or not)."""
+        """Called under the lock when a waiting client is served or gives up."""
 
     def _timeout_error(self, waiter: Waiter, timeout: float | None) -> PoolError:
         return PoolError("connection pool exhausted")
@@ -290,6 +293,7 @@ class AbstractConnectionPool:
             waiter = self._waiters.popleft()
             self._used[waiter.key] = conn
             self._rused[id(conn)] = waiter.key
+            self._note_wait(waiter, monotonic() - waiter.since)
             waiter.serve(conn)
         else:
             self._pool.append(conn)
