@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 import traceback
 import warnings
@@ -52,7 +51,7 @@ from .async_connection import (
 from .engine import AbstractConnectionPool, Connection, Waiter
 from .errors import PoolTimeout
 from .null_pool import NullConnectionPool
-from .pool import ConnectionPool, _Life
+from .pool import ConnectionPool, _ensure_idle
 from .workers import Task, Workers
 from .wrapper import RETURNED
 
@@ -664,43 +663,31 @@ class AsyncConnectionPool(ConnectionPool):
         kwargs = self.kwargs
         if callable(kwargs):
             kwargs = await maybe_await(kwargs())
-        kwargs = dict(kwargs or {})
-        if self._connect_kwargs:
-            kwargs = {**self._connect_kwargs, **kwargs}
-        dsn = kwargs.pop("dsn", None)
-        if dsn is None:
-            dsn = conninfo or ""
-        with self._mutex:
-            self._stats[S.CONNECTIONS_NUM] += 1
-        started = monotonic()
+        arguments = self._connect_arguments(conninfo, kwargs)
+        started = self._connect_attempt()
         try:
+            options = {key: value for key, value in arguments.items() if key != "dsn"}
             conn = await connect(
-                dsn,
+                arguments["dsn"],
                 connection_factory=self.connection_class,
                 timeout=connect_timeout,
-                **kwargs,
+                **options,
             )
-        except BaseException:
-            with self._mutex:
-                self._stats[S.CONNECTIONS_ERRORS] += 1
+        except Exception as exc:
+            raise self._connect_error(exc, arguments) from None
+        except BaseException:  # cancelled: still an attempt that failed
+            self._connect_error(RuntimeError(), arguments)
             raise
         now = monotonic()
         self._connected(now - started)
         if self._aconfigure is not None:
             try:
                 await maybe_await(self._aconfigure(AsyncConnection(conn)))
-                status = conn.get_transaction_status()
-                if status != _IDLE:
-                    raise psycopg2.ProgrammingError(
-                        f"connection left in status {_STATUS_NAMES.get(status, status)}"
-                        f" by configure function {self._aconfigure!r}: discarded"
-                    )
+                _ensure_idle(conn, "configure", self._aconfigure)
             except BaseException:
                 self._close_quietly(conn)
                 raise
-        # As the sync pool: up to 10% earlier than max_lifetime.
-        expires = now + self.max_lifetime * (1.0 - 0.1 * random.random())
-        self._lives[id(conn)] = _Life(expires, now)
+        self._note_birth(conn, now)
         return conn
 
     def _call_reconnect_failed(self, pool: Any) -> None:

@@ -747,22 +747,15 @@ class ConnectionPool(AbstractConnectionPool):
     def _new_connection(self, connect_timeout: float | None = None) -> Connection:
         """Open and configure a connection; nothing in the pool knows of it yet."""
         conninfo = self.conninfo() if callable(self.conninfo) else self.conninfo
-        kwargs = self.kwargs() if callable(self.kwargs) else (self.kwargs or {})
-        if self._connect_kwargs:
-            kwargs = {**self._connect_kwargs, **kwargs}
-        if connect_timeout is not None:
-            kwargs = {**kwargs, "connect_timeout": max(round(connect_timeout), 1)}
-        with self._mutex:
-            self._stats[S.CONNECTIONS_NUM] += 1
-        started = monotonic()
+        kwargs = self.kwargs() if callable(self.kwargs) else self.kwargs
+        arguments = self._connect_arguments(conninfo, kwargs, connect_timeout)
+        started = self._connect_attempt()
         try:
-            if "dsn" not in kwargs:
-                kwargs = {**kwargs, "dsn": conninfo or ""}
-            conn: Connection = psycopg2.connect(connection_factory=self.connection_class, **kwargs)
+            conn: Connection = psycopg2.connect(
+                connection_factory=self.connection_class, **arguments
+            )
         except Exception as exc:
-            with self._mutex:
-                self._stats[S.CONNECTIONS_ERRORS] += 1
-            raise scrubbed(exc, self._secrets + secrets_in((conninfo, kwargs))) from None
+            raise self._connect_error(exc, arguments) from None
         now = monotonic()
         self._connected(now - started)
         if self._configure is not None:
@@ -772,11 +765,36 @@ class ConnectionPool(AbstractConnectionPool):
             except BaseException:
                 self._close_quietly(conn)
                 raise
-        # Up to 10% earlier than max_lifetime, so connections made together
-        # don't all expire together.
+        self._note_birth(conn, now)
+        return conn
+
+    def _connect_arguments(
+        self, conninfo: Any, kwargs: Any, connect_timeout: float | None = None
+    ) -> dict[str, Any]:
+        """The keywords of one connect() call, from the resolved conninfo and kwargs."""
+        arguments = {**self._connect_kwargs, **(kwargs or {})}
+        if connect_timeout is not None:
+            arguments["connect_timeout"] = max(round(connect_timeout), 1)
+        arguments.setdefault("dsn", conninfo or "")
+        return arguments
+
+    def _connect_attempt(self) -> float:
+        """Count an attempt to connect; return when it started."""
+        with self._mutex:
+            self._stats[S.CONNECTIONS_NUM] += 1
+        return monotonic()
+
+    def _connect_error(self, exc: BaseException, arguments: dict[str, Any]) -> BaseException:
+        """Count a failed attempt; the error to raise, its passwords masked."""
+        with self._mutex:
+            self._stats[S.CONNECTIONS_ERRORS] += 1
+        return scrubbed(exc, self._secrets + secrets_in((arguments,)))
+
+    def _note_birth(self, conn: Connection, now: float) -> None:
+        # Up to 10% earlier than max_lifetime, so that connections made
+        # together do not all expire together.
         expires = now + self.max_lifetime * (1.0 - 0.1 * random.random())
         self._lives[id(conn)] = _Life(expires, now)
-        return conn
 
     def _connected(self, seconds: float) -> None:
         """Account for a connection made in ``seconds``."""
