@@ -32,6 +32,7 @@ import wrapt
 from psycopg2 import extensions as _ext
 from psycopg2 import sql as _sql
 
+from .engine import status_name
 from .errors import ConnectionReturned
 from .wrapper import RETURNED
 
@@ -59,13 +60,6 @@ _POLL_WRITE = _ext.POLL_WRITE
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
 _INTRANS = _ext.TRANSACTION_STATUS_INTRANS
 _INERROR = _ext.TRANSACTION_STATUS_INERROR
-_STATUS_NAMES = {
-    _ext.TRANSACTION_STATUS_IDLE: "IDLE",
-    _ext.TRANSACTION_STATUS_ACTIVE: "ACTIVE",
-    _ext.TRANSACTION_STATUS_INTRANS: "INTRANS",
-    _ext.TRANSACTION_STATUS_INERROR: "INERROR",
-    _ext.TRANSACTION_STATUS_UNKNOWN: "UNKNOWN",
-}
 
 #: Real connections switched to autocommit with ``await conn.set_autocommit(True)``.
 #: The state belongs to the server connection, so it survives checkouts, as in psycopg 3.
@@ -545,7 +539,7 @@ class AsyncConnection(_Proxy):
         if status != _IDLE:
             raise psycopg2.ProgrammingError(
                 f"can't change 'autocommit' now: connection in transaction status"
-                f" {_STATUS_NAMES.get(status, status)}"
+                f" {status_name(status)}"
             )
         if value:
             _AUTOCOMMIT.add(conn)

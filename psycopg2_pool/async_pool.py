@@ -67,13 +67,6 @@ AsyncKwargsParam = Union[
 _P = TypeVar("_P", bound="AsyncConnectionPool")
 
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
-_STATUS_NAMES = {
-    _ext.TRANSACTION_STATUS_IDLE: "IDLE",
-    _ext.TRANSACTION_STATUS_ACTIVE: "ACTIVE",
-    _ext.TRANSACTION_STATUS_INTRANS: "INTRANS",
-    _ext.TRANSACTION_STATUS_INERROR: "INERROR",
-    _ext.TRANSACTION_STATUS_UNKNOWN: "UNKNOWN",
-}
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -599,12 +592,7 @@ class AsyncConnectionPool(ConnectionPool):
             if self._areset is not None and not conn.closed:
                 await maybe_await(self._areset(AsyncConnection(conn)))
                 await abort_query(conn)
-                status = conn.get_transaction_status()
-                if status != _IDLE:
-                    raise psycopg2.ProgrammingError(
-                        f"connection left in status {_STATUS_NAMES.get(status, status)}"
-                        f" by reset function {self._areset!r}: discarded"
-                    )
+                _ensure_idle(conn, "reset", self._areset)
         except Exception as exc:
             logger.warning("error resetting connection: %s", self._masked(exc))
             self._close_quietly(conn)

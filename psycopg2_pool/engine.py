@@ -31,6 +31,18 @@ _UNKNOWN = _ext.TRANSACTION_STATUS_UNKNOWN
 # psycopg2's own view: after PREPARE TRANSACTION libpq says idle but psycopg2
 # still thinks a transaction is open (and would not send BEGIN for the next).
 _READY = _ext.STATUS_READY
+_STATUS_NAMES = {
+    _ext.TRANSACTION_STATUS_IDLE: "IDLE",
+    _ext.TRANSACTION_STATUS_ACTIVE: "ACTIVE",
+    _ext.TRANSACTION_STATUS_INTRANS: "INTRANS",
+    _ext.TRANSACTION_STATUS_INERROR: "INERROR",
+    _ext.TRANSACTION_STATUS_UNKNOWN: "UNKNOWN",
+}
+
+
+def status_name(status: int) -> str:
+    """libpq's name for a transaction status, for messages."""
+    return _STATUS_NAMES.get(status, str(status))
 
 
 class AutoKey:
@@ -277,7 +289,7 @@ class AbstractConnectionPool:
     def _note_wait(self, waiter: Waiter, seconds: float) -> None:
         """Called under the lock when a waiting client is served or gives up."""
 
-    def _timeout_error(self, waiter: Waiter, timeout: float | None) -> PoolError:
+    def _timeout_error(self, waiter: Waiter | None, timeout: float | None) -> PoolError:
         return PoolError("connection pool exhausted")
 
     def _forget(self, key: Hashable) -> Connection | None:

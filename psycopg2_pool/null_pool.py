@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from . import stats as S
 from .engine import Waiter
-from .errors import PoolTimeout, TooManyRequests
+from .errors import PoolTimeout
 from .pool import ConnectionPool
 
 __all__ = ["NullConnectionPool"]
@@ -55,15 +54,7 @@ class NullConnectionPool(ConnectionPool):
         if self._size() < self._limit:
             self._pending += 1
             return None  # the client connects (psycopg_pool does the same)
-        if self.max_waiting and len(self._waiters) >= self.max_waiting:
-            self._stats[S.REQUESTS_ERRORS] += 1
-            raise TooManyRequests(
-                f"the pool {self.name!r} has already {len(self._waiters)} requests waiting"
-            )
-        waiter = self._new_waiter(key)
-        self._waiters.append(waiter)
-        self._stats[S.REQUESTS_QUEUED] += 1
-        return waiter
+        return self._enqueue(key)
 
     def _replace(self) -> None:
         pass

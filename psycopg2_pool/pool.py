@@ -27,7 +27,7 @@ from psycopg2 import extensions as _ext
 from . import stats as S
 from ._masking import mask_dsn, mask_text, scrubbed, secrets_in
 from ._watchdog import readable_fds, run_bounded, socket_alive
-from .engine import AbstractConnectionPool, Connection, Waiter, unreferenced_keys
+from .engine import AbstractConnectionPool, Connection, Waiter, status_name, unreferenced_keys
 from .errors import (
     ConnectionReturned,
     NotFromThisPool,
@@ -50,13 +50,6 @@ KwargsParam = Union[dict[str, Any], Callable[[], dict[str, Any]]]
 _P = TypeVar("_P", bound="ConnectionPool")
 
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
-_STATUS_NAMES = {
-    _ext.TRANSACTION_STATUS_IDLE: "IDLE",
-    _ext.TRANSACTION_STATUS_ACTIVE: "ACTIVE",
-    _ext.TRANSACTION_STATUS_INTRANS: "INTRANS",
-    _ext.TRANSACTION_STATUS_INERROR: "INERROR",
-    _ext.TRANSACTION_STATUS_UNKNOWN: "UNKNOWN",
-}
 # Keywords that only psycopg2-pool 1.2 code passes.
 _V12_KEYWORDS = frozenset(("minconn", "maxconn", "idle_timeout"))
 _names = itertools.count(1)
@@ -91,7 +84,7 @@ def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
     status = conn.get_transaction_status()
     if status != _IDLE or conn.status != _ext.STATUS_READY:
         raise psycopg2.ProgrammingError(
-            f"connection left in status {_STATUS_NAMES.get(status, status)}"
+            f"connection left in status {status_name(status)}"
             f" by {role} function {function!r}: discarded"
         )
 
@@ -457,14 +450,7 @@ class ConnectionPool(AbstractConnectionPool):
         )
 
     def _when_empty(self, key: Hashable) -> Waiter | None:
-        if self.max_waiting and len(self._waiters) >= self.max_waiting:
-            self._stats[S.REQUESTS_ERRORS] += 1
-            raise TooManyRequests(
-                f"the pool {self.name!r} has already {len(self._waiters)} requests waiting"
-            )
-        waiter = self._new_waiter(key)
-        self._waiters.append(waiter)
-        self._stats[S.REQUESTS_QUEUED] += 1
+        waiter = self._enqueue(key)
         if self._size() >= self.maxconn and self._workers is not None:
             # Full: before anyone waits for the sweep, take back what was dropped.
             dropped = self._take_dropped_handles()
@@ -473,10 +459,22 @@ class ConnectionPool(AbstractConnectionPool):
         self._grow()
         return waiter
 
+    def _enqueue(self, key: Hashable) -> Waiter:
+        """Under the lock: put a client in line, unless ``max_waiting`` are there already."""
+        if self.max_waiting and len(self._waiters) >= self.max_waiting:
+            self._stats[S.REQUESTS_ERRORS] += 1
+            raise TooManyRequests(
+                f"the pool {self.name!r} has already {len(self._waiters)} requests waiting"
+            )
+        waiter = self._new_waiter(key)
+        self._waiters.append(waiter)
+        self._stats[S.REQUESTS_QUEUED] += 1
+        return waiter
+
     def _note_wait(self, waiter: Waiter, seconds: float) -> None:
         self._stats[S.REQUESTS_WAIT_MS] += int(1000.0 * seconds)
 
-    def _timeout_error(self, waiter: Waiter, timeout: float | None) -> PoolError:
+    def _timeout_error(self, waiter: Waiter | None, timeout: float | None) -> PoolError:
         self._stats[S.REQUESTS_ERRORS] += 1
         return PoolTimeout(f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec")
 
@@ -523,13 +521,7 @@ class ConnectionPool(AbstractConnectionPool):
                 self._discard_checked_out(conn, lost=True)
             else:
                 return conn
-            if deadline - monotonic() <= 0:
-                with self._mutex:
-                    self._stats[S.REQUESTS_ERRORS] += 1
-                raise PoolTimeout(
-                    f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec"
-                )
-            conn = self._getconn(None, max(0.0, deadline - monotonic()))
+            conn = self._next_candidate(deadline, timeout)
 
     def _bounded(self, call: Callable[[], None], conn: Connection, seconds: float) -> None:
         workers = self._workers
@@ -548,13 +540,15 @@ class ConnectionPool(AbstractConnectionPool):
                 life.verified = monotonic()
                 return conn
             self._discard_checked_out(conn, lost=True)
-            if deadline - monotonic() <= 0:
-                with self._mutex:
-                    self._stats[S.REQUESTS_ERRORS] += 1
-                raise PoolTimeout(
-                    f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec"
-                )
-            conn = self._getconn(None, max(0.0, deadline - monotonic()))
+            conn = self._next_candidate(deadline, timeout)
+
+    def _next_candidate(self, deadline: float, timeout: float) -> Connection:
+        """After a connection was discarded at checkout: the next one, in the time left."""
+        left = deadline - monotonic()
+        if left <= 0:
+            with self._mutex:
+                raise self._timeout_error(None, timeout)
+        return self._getconn(None, left)
 
     def _discard_checked_out(self, conn: Connection, lost: bool) -> None:
         with self._mutex:
