@@ -16,30 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import sys
 import threading
 from collections.abc import Iterator
 from types import ModuleType
 
-DSN_ENV = "PSYCOPG2_POOL_DSN"
+from psycopg2_pool._embedded import dsn_or_server
 
 
 @contextlib.contextmanager
-def server_dsn(argv: list[str]) -> Iterator[str]:
+def server_dsn(dsn: str | None) -> Iterator[str]:
     """The DSN given (argument or environment), or an embedded server's."""
-    dsn = argv[0] if argv else os.environ.get(DSN_ENV, "")
-    if dsn:
-        from psycopg2_pool._masking import mask_dsn
-
-        print(f"using server: {mask_dsn(dsn)}", flush=True)
-        yield dsn
-        return
-    from psycopg2_pool._embedded import EmbeddedServer
-
-    with EmbeddedServer() as server:
-        print(f"using server: embedded PostgreSQL at {server.dsn}", flush=True)
-        yield server.dsn
+    with dsn_or_server(dsn) as target:
+        print(f"using server: {target.description}", flush=True)
+        yield target.dsn
 
 
 def run(pool_module: ModuleType, conninfo: str) -> str:
@@ -88,7 +78,7 @@ def run(pool_module: ModuleType, conninfo: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    with server_dsn(argv) as dsn:
+    with server_dsn(argv[0] if argv else None) as dsn:
         import psycopg2_pool
 
         print(run(psycopg2_pool, dsn), flush=True)

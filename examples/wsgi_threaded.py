@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import threading
 import urllib.request
@@ -26,25 +25,15 @@ from typing import Any, Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from psycopg2_pool import ConnectionPool
-
-DSN_ENV = "PSYCOPG2_POOL_DSN"
+from psycopg2_pool._embedded import dsn_or_server
 
 
 @contextlib.contextmanager
 def server_dsn(dsn: str | None) -> Iterator[str]:
     """The DSN given (argument or environment), or an embedded server's."""
-    dsn = dsn or os.environ.get(DSN_ENV, "")
-    if dsn:
-        from psycopg2_pool._masking import mask_dsn
-
-        print(f"using server: {mask_dsn(dsn)}", flush=True)
-        yield dsn
-        return
-    from psycopg2_pool._embedded import EmbeddedServer
-
-    with EmbeddedServer() as server:
-        print(f"using server: embedded PostgreSQL at {server.dsn}", flush=True)
-        yield server.dsn
+    with dsn_or_server(dsn) as target:
+        print(f"using server: {target.description}", flush=True)
+        yield target.dsn
 
 
 class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):

@@ -16,7 +16,6 @@ started.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import sys
 import threading
@@ -26,25 +25,15 @@ from collections.abc import Iterator
 from psycopg2.extensions import make_dsn
 
 from psycopg2_pool import PersistentConnectionPool
-
-DSN_ENV = "PSYCOPG2_POOL_DSN"
+from psycopg2_pool._embedded import dsn_or_server
 
 
 @contextlib.contextmanager
-def server_dsn(argv: list[str]) -> Iterator[str]:
+def server_dsn(dsn: str | None) -> Iterator[str]:
     """The DSN given (argument or environment), or an embedded server's."""
-    dsn = argv[0] if argv else os.environ.get(DSN_ENV, "")
-    if dsn:
-        from psycopg2_pool._masking import mask_dsn
-
-        print(f"using server: {mask_dsn(dsn)}", flush=True)
-        yield dsn
-        return
-    from psycopg2_pool._embedded import EmbeddedServer
-
-    with EmbeddedServer() as server:
-        print(f"using server: embedded PostgreSQL at {server.dsn}", flush=True)
-        yield server.dsn
+    with dsn_or_server(dsn) as target:
+        print(f"using server: {target.description}", flush=True)
+        yield target.dsn
 
 
 _pools: dict[str, PersistentConnectionPool] = {}
@@ -98,7 +87,7 @@ def worker(
 
 
 def main(argv: list[str]) -> int:
-    with server_dsn(argv) as dsn:
+    with server_dsn(argv[0] if argv else None) as dsn:
         # Two "databases": the same server under two application names.
         databases = [make_dsn(dsn, application_name=f"zope-{n}") for n in ("main", "catalog")]
         requests: queue.Queue[tuple[str, int] | None] = queue.Queue()

@@ -6,6 +6,7 @@ imported by the pool itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,8 +14,9 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Settings that make a disposable server fast to start and cheap to run.
 _FAST_SETTINGS = {
@@ -202,3 +204,34 @@ class EmbeddedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+#: Where examples and tools look for a DSN when none is given on the command line.
+DSN_ENV = "PSYCOPG2_POOL_DSN"
+
+
+class Target(NamedTuple):
+    """The server a tool or example talks to."""
+
+    dsn: str
+    embedded: bool
+
+    @property
+    def description(self) -> str:
+        """Which server it is, its password masked."""
+        if self.embedded:
+            return f"embedded PostgreSQL at {self.dsn}"
+        from ._masking import mask_dsn
+
+        return mask_dsn(self.dsn)
+
+
+@contextlib.contextmanager
+def dsn_or_server(dsn: str | None = None) -> Iterator[Target]:
+    """The DSN given (or ``$PSYCOPG2_POOL_DSN``); without one, a throwaway server's."""
+    dsn = dsn or os.environ.get(DSN_ENV) or None
+    if dsn:
+        yield Target(dsn, embedded=False)
+        return
+    with EmbeddedServer() as server:
+        yield Target(server.dsn, embedded=True)
