@@ -469,9 +469,13 @@ class ConnectionPool(AbstractConnectionPool):
         )
 
     def _when_empty(self, key: Hashable) -> Waiter | None:
+        first = not self._waiters
         waiter = self._enqueue(key)
-        if self._size() >= self.maxconn and self._workers is not None:
-            # Full: before anyone waits for the sweep, take back what was dropped.
+        if first and self._size() >= self.maxconn and self._workers is not None:
+            # Full: before anyone waits for the sweep, take back what was
+            # dropped. Only for the first in line: the scan costs a pass over
+            # every checkout, too much to pay on each request of a pool that
+            # is busy for long; the sweep looks again within a second.
             dropped = self._take_dropped_handles()
             if dropped:
                 self._workers.submit(partial(self._settle_dropped, dropped))
