@@ -396,24 +396,27 @@ class ConnectionPool(AbstractConnectionPool):
         if timeout is None:
             timeout = self.timeout
         handle: PooledConnection | None = None
-        mutex = self._mutex
-        mutex.acquire()
-        try:
-            # The engine's fast path, inlined: with an idle connection at hand
-            # the handle can wrap it as it is made, which costs wrapt a third
-            # less than making it empty and setting __wrapped__ after.
-            if self._pool and not self.closed:
-                conn = self._pool.pop()
-                if self._wrap_at_birth:
-                    handle = self._handle_class(conn)
-                else:
-                    handle = self._new_handle(self._handle_class)
-                    handle.__wrapped__ = conn
-                self._used[handle] = conn
-                self._rused[id(conn)] = handle
-                self._requests += 1
-        finally:
-            mutex.release()
+        # The engine's fast path, inlined: with an idle connection at hand the
+        # handle can wrap it as it is made, which costs wrapt a third less than
+        # making it empty and setting __wrapped__ after. Looking at the idle
+        # list before the lock is only a hint (it is checked again under the
+        # lock), but it spares a busy pool's waiters one lock round.
+        if self._pool:
+            mutex = self._mutex
+            mutex.acquire()
+            try:
+                if self._pool and not self.closed:
+                    conn = self._pool.pop()
+                    if self._wrap_at_birth:
+                        handle = self._handle_class(conn)
+                    else:
+                        handle = self._new_handle(self._handle_class)
+                        handle.__wrapped__ = conn
+                    self._used[handle] = conn
+                    self._rused[id(conn)] = handle
+                    self._requests += 1
+            finally:
+                mutex.release()
         if handle is None:
             conn = self._getconn(None, timeout)
             waited: PooledConnection = self._rused[id(conn)]  # type: ignore[assignment]
