@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,12 +22,55 @@ DSN_ENV = "PSYCOPG2_POOL_BENCH_DSN"
 
 # On a small machine a round trip between a client and a server that run on
 # different cores costs several times one on the same core (the wake-up crosses
-# CPUs): client, server backends and proxy are all pinned to one CPU.
+# CPUs): client, server backends and proxy are all pinned to one CPU, the one
+# where a probe finds the fewest interruptions.
+
+
+# CPU -> the longest stall (ms) the probe saw there.
+_STALLS: dict[int, float] = {}
+
+
+def longest_stall(cpu: int, seconds: float = 0.5) -> float:
+    """Milliseconds a lone busy thread pinned to ``cpu`` went longest without running.
+
+    Other tenants and kernel threads (seen here: DAMON's kdamond, every 100 ms)
+    can take a CPU for milliseconds; that lands in every pool's worst wait.
+    """
+    found: list[float] = []
+
+    def spin() -> None:
+        os.sched_setaffinity(0, {cpu})  # 0 is this thread only
+        clock = time.perf_counter_ns
+        last = start = clock()
+        end = start + int(seconds * 1e9)
+        worst = 0
+        while last < end:
+            now = clock()
+            worst = max(worst, now - last)
+            last = now
+        found.append(worst / 1e6)
+
+    thread = threading.Thread(target=spin)
+    thread.start()
+    thread.join()
+    _STALLS[cpu] = found[0]
+    return found[0]
 
 
 def default_cpu() -> int:
-    """The highest-numbered CPU this process may run on."""
-    return max(os.sched_getaffinity(0))
+    """The CPU, of those this process may use, where a lone thread is stalled least."""
+    cpus = sorted(os.sched_getaffinity(0), reverse=True)
+    if len(cpus) == 1:
+        return cpus[0]
+    return min(cpus, key=longest_stall)  # the highest-numbered one on a tie
+
+
+def stall_note(cpu: int) -> str:
+    """What the probe saw on ``cpu``, for the results."""
+    stall = _STALLS.get(cpu)
+    if stall is None:
+        stall = longest_stall(cpu)
+    return f"a lone busy thread on CPU {cpu} was stalled up to {stall:.2f} ms in a 0.5 s probe"
 
 
 def pin_process_tree(pid: int, cpu: int) -> list[int]:
@@ -101,6 +145,7 @@ def benchmark_server(dsn: str | None = None, cpu: int | None = None) -> Iterator
             pinning = (
                 f"benchmark processes and server (postmaster pid {postmaster}, its"
                 f" {len(pids) - 1} processes and every later backend) pinned to CPU {cpu}"
+                f" ({stall_note(cpu)})"
             )
         yield Target(server.dsn, "127.0.0.1", server.port, cpu, pinning)
 

@@ -78,11 +78,17 @@ def ours_importable() -> str | None:
 
 
 class ConnectionSampler(threading.Thread):
-    """Counts one application_name's server backends every 20 ms, from its own connection."""
+    """Counts one application_name's server backends every 20 ms, from its own connection.
 
-    def __init__(self, dsn: str, application_name: str) -> None:
+    It runs, with its backend, off the CPU the pools are pinned to (when there
+    is another): a query every 20 ms there would land in the waits measured.
+    """
+
+    def __init__(self, dsn: str, application_name: str, cpu: int | None = None) -> None:
         super().__init__(daemon=True)
         self.dsn, self.application_name = dsn, application_name
+        others = os.sched_getaffinity(0) - {cpu} if cpu is not None else set()
+        self.elsewhere = others or None
         self.most = 0
         self.samples = 0
         self._finished = threading.Event()
@@ -92,6 +98,10 @@ class ConnectionSampler(threading.Thread):
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
+                if self.elsewhere is not None:
+                    os.sched_setaffinity(0, self.elsewhere)  # 0 is this thread only
+                    with contextlib.suppress(OSError):  # an external server's backend
+                        os.sched_setaffinity(conn.get_backend_pid(), self.elsewhere)
                 while not self._finished.wait(0.02):
                     cur.execute(
                         "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
@@ -135,7 +145,7 @@ def run_worker(
     command = [sys.executable, str(WORKER), pool, scenario, "--params", json.dumps(params)]
     if target.cpu is not None:
         command += ["--cpu", str(target.cpu)]
-    sampler = ConnectionSampler(target.dsn, application_name)
+    sampler = ConnectionSampler(target.dsn, application_name, target.cpu)
     if SCENARIOS[scenario].sample_connections:
         sampler.start()
     started = time.monotonic()
