@@ -312,7 +312,9 @@ def main(argv: list[str] | None = None) -> None:
         "--pools", help="comma list of pool keys or families (ours, peer, baseline)"
     )
     parser.add_argument("--dsn", help=f"use this server instead of an embedded one (or ${DSN_ENV})")
-    parser.add_argument("--cpu", type=int, default=default_cpu(), help="CPU to pin everything to")
+    parser.add_argument(
+        "--cpu", type=int, help="CPU to pin everything to (default: the quietest, probed)"
+    )
     parser.add_argument("--no-pin", action="store_true", help="pin nothing")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
     args = parser.parse_args(argv)
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.monotonic()
     results: dict[str, Any] = {}
-    cpu = None if args.no_pin else args.cpu
+    cpu = None if args.no_pin else args.cpu if args.cpu is not None else default_cpu()
     with benchmark_server(args.dsn, cpu) as target:
         print(f"server {target.dsn}; {target.pinning}", file=sys.stderr)
         for key in scenario_keys:

@@ -433,13 +433,15 @@ class ConnectionPool(AbstractConnectionPool):
         if self._open_implicit:
             self._warn_implicit_open()
         deadline = monotonic() + timeout
+        first = conn
         if self._suspect_before:
             conn = self._trusted(conn, deadline, timeout)
-            handle = self._rused[id(conn)]  # type: ignore[assignment]
         if self._check is not None:
             conn = self._checked(conn, deadline, timeout)
+        if conn is not first:
+            # A replacement: its handle is the empty key the engine made for it.
             handle = self._rused[id(conn)]  # type: ignore[assignment]
-        handle.__wrapped__ = conn
+            handle.__wrapped__ = conn
         if self.leak_timeout is not None:
             self._checkouts[id(handle)] = (monotonic(), traceback.format_stack()[:-2])
         return handle
@@ -684,8 +686,8 @@ class ConnectionPool(AbstractConnectionPool):
         Kill its handle and return the real connection and the handle.
         """
         if type(conn) is self._handle_class:
-            real = conn.__wrapped__
-            if real is RETURNED:
+            real = self._used.get(conn)
+            if real is None:
                 raise ConnectionReturned("this connection was already returned to the pool")
             conn.__wrapped__ = RETURNED
             return real, conn
