@@ -25,6 +25,7 @@ class NullConnectionPool(ConnectionPool):
     """
 
     _keep_all = False
+    _queue_when_full = False  # max_size 0 means no limit: see _when_empty()
 
     def __init__(self, conninfo: Any = "", *, min_size: int = 0, **kwargs: Any) -> None:
         super().__init__(conninfo, min_size=min_size, **kwargs)

@@ -50,6 +50,7 @@ KwargsParam = Union[dict[str, Any], Callable[[], dict[str, Any]]]
 _P = TypeVar("_P", bound="ConnectionPool")
 
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
+_READY = _ext.STATUS_READY
 # Keywords that only psycopg2-pool 1.2 code passes.
 _V12_KEYWORDS = frozenset(("minconn", "maxconn", "idle_timeout"))
 _names = itertools.count(1)
@@ -82,7 +83,7 @@ class _Life:
 def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
     """Raise if a callback left ``conn`` inside a transaction."""
     status = conn.get_transaction_status()
-    if status != _IDLE or conn.status != _ext.STATUS_READY:
+    if status != _IDLE or conn.status != _READY:
         raise psycopg2.ProgrammingError(
             f"connection left in status {status_name(status)}"
             f" by {role} function {function!r}: discarded"
@@ -145,6 +146,10 @@ class ConnectionPool(AbstractConnectionPool):
 
     _keep_all = True
     _fresh_keys = True
+    #: A client that finds the pool at ``max_size`` with others already in
+    #: line just joins the line (growth and the dropped-handle scan were
+    #: decided by the first).
+    _queue_when_full = True
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         if cls is ConnectionPool and _spelled_v12(args, kwargs):
@@ -396,16 +401,18 @@ class ConnectionPool(AbstractConnectionPool):
         if timeout is None:
             timeout = self.timeout
         handle: PooledConnection | None = None
-        # The engine's fast path, inlined: with an idle connection at hand the
-        # handle can wrap it as it is made, which costs wrapt a third less than
-        # making it empty and setting __wrapped__ after. Looking at the idle
-        # list before the lock is only a hint (it is checked again under the
-        # lock), but it spares a busy pool's waiters one lock round.
+        waiter: Waiter | None = None
+        # The engine's two common paths, inlined: a call less on each checkout
+        # is measurable. Whatever else can happen (the pool is closed, growing,
+        # limited in waiters...) goes the engine's way further down. Looking
+        # before the lock is only a hint: it is checked again under the lock.
         if self._pool:
             mutex = self._mutex
             mutex.acquire()
             try:
                 if self._pool and not self.closed:
+                    # An idle connection: the handle can wrap it as it is made,
+                    # which costs wrapt a third less than setting __wrapped__ after.
                     conn = self._pool.pop()
                     if self._wrap_at_birth:
                         handle = self._handle_class(conn)
@@ -417,8 +424,29 @@ class ConnectionPool(AbstractConnectionPool):
                     self._requests += 1
             finally:
                 mutex.release()
-        if handle is None:
+        elif self._waiters and self._queue_when_full:
+            mutex = self._mutex
+            mutex.acquire()
+            try:
+                if (
+                    self._waiters
+                    and not self._pool
+                    and not self.closed
+                    and len(self._used) + self._pending >= self.maxconn
+                ):
+                    # Full and others in line already: whoever came first
+                    # decided on growth and dropped handles; just queue.
+                    self._requests += 1
+                    waiter = self._enqueue(self._new_handle(self._handle_class))
+            finally:
+                mutex.release()
+        if waiter is not None:
+            conn = self._wait(waiter, timeout)
+        elif handle is None:
             conn = self._getconn(None, timeout)
+        if handle is None:
+            # Served by whoever gave a connection back: the key it was given to
+            # is this client's (still empty) handle.
             waited: PooledConnection = self._rused[id(conn)]  # type: ignore[assignment]
             waited.__wrapped__ = conn
             handle = waited
@@ -658,6 +686,30 @@ class ConnectionPool(AbstractConnectionPool):
             life.idle_since = now
             if life.verified < self._suspect_before and not close:
                 close = not self._verify(real, life)
+        if not close and not self._always_settle:
+            # The engine's common case, inlined: a connection ready for reuse
+            # goes to the longest waiting client, or back among the idle ones.
+            # Anything else (closing, rolling back...) goes the engine's way.
+            mutex = self._mutex
+            mutex.acquire()
+            try:
+                if (
+                    (self._waiters or self._keep_all)
+                    and not self.closed
+                    and not real.closed
+                    and real.get_transaction_status() == _IDLE
+                    and real.status == _READY
+                ):
+                    if self._used.pop(handle, None) is None:
+                        raise ConnectionReturned("this connection was already returned to the pool")
+                    if self._waiters:
+                        self._release(real)
+                    else:
+                        del self._rused[id(real)]
+                        self._pool.append(real)
+                    return
+            finally:
+                mutex.release()
         try:
             self._putconn(real, handle, close)
         except KeyError:

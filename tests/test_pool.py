@@ -177,6 +177,38 @@ def test_waiting_clients_are_served_fifo(make_pool):
     assert served == [0, 1, 2, 3, 4]
 
 
+def test_clients_joining_a_full_pools_line_are_served_and_counted(make_pool):
+    # The first client to find the pool full takes the engine's way; the next
+    # ones take the shortcut into the line: both must end up the same.
+    pool, _, _ = make_pool(min_size=1, max_size=1, max_waiting=2, timeout=5)
+    pool.wait(5)
+    holder = pool.getconn()
+    got: dict[int, Any] = {}
+
+    def client(i: int) -> None:
+        conn = pool.getconn()
+        got[i] = conn.cursor().connection.get_backend_pid()
+        pool.putconn(conn)
+
+    threads = []
+    for i in range(2):
+        threads.append(threading.Thread(target=client, args=(i,)))
+        threads[-1].start()
+        wait_for(lambda: pool.get_stats()["requests_waiting"] == i + 1)
+    with pytest.raises(TooManyRequests):
+        pool.getconn()
+    pid = holder.get_backend_pid()
+    pool.putconn(holder)
+    for t in threads:
+        t.join(10)
+    assert got == {0: pid, 1: pid}
+    stats = pool.get_stats()
+    assert stats["requests_num"] == 4
+    assert stats["requests_queued"] == 2
+    assert stats["requests_errors"] == 1
+    assert stats["pool_available"] == 1
+
+
 def test_timeout_raises_pool_timeout_naming_pool_and_seconds(make_pool):
     pool, _, _ = make_pool(min_size=1, max_size=1, name="mypool")
     pool.wait(5)
