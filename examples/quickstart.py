@@ -75,10 +75,10 @@ def psycopg3_style(dsn: str) -> None:
 def v12_style(dsn: str) -> None:
     print("\n3. psycopg2-pool 1.2 style: ConnectionPool(minconn=..., maxconn=..., dsn=...)")
     pool = ConnectionPool(minconn=1, maxconn=2, idle_timeout=600, dsn=dsn)
-    with pool.getconn() as conn:  # commits and goes back to the pool at the end
-        with conn.cursor() as cur:
-            cur.execute("SELECT current_database()")
-            print("   database:", cur.fetchone()[0])
+    # Commits, and goes back to the pool, at the end of the block.
+    with pool.getconn() as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        print("   database:", cur.fetchone()[0])
     pool.close()
 
 

@@ -68,7 +68,8 @@ def pid_of(conn: Any) -> int:
 
 
 def unreachable_dsn(name: str = "x") -> str:
-    return f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres application_name={name}"
+    port = free_port()
+    return f"host=127.0.0.1 port={port} user=postgres dbname=postgres application_name={name}"
 
 
 # -- open / close --------------------------------------------------------------
@@ -170,7 +171,7 @@ def test_waiting_clients_are_served_fifo(make_pool):
         t = threading.Thread(target=client, args=(i,))
         t.start()
         threads.append(t)
-        wait_for(lambda: pool.get_stats()["requests_waiting"] == i + 1)
+        wait_for(lambda n=i + 1: pool.get_stats()["requests_waiting"] == n)
     pool.putconn(holder)
     for t in threads:
         t.join(10)
@@ -194,7 +195,7 @@ def test_clients_joining_a_full_pools_line_are_served_and_counted(make_pool):
     for i in range(2):
         threads.append(threading.Thread(target=client, args=(i,)))
         threads[-1].start()
-        wait_for(lambda: pool.get_stats()["requests_waiting"] == i + 1)
+        wait_for(lambda n=i + 1: pool.get_stats()["requests_waiting"] == n)
     with pytest.raises(TooManyRequests):
         pool.getconn()
     pid = holder.get_backend_pid()
@@ -300,8 +301,9 @@ def test_max_lifetime_replaces_connections(make_pool):
     pool.wait(5)
     first = set(backends(pdsn, name))
     assert len(first) == 1
-    wait_for(lambda: (lambda b: len(b) == 1 and not (set(b) & first))(backends(pdsn, name)),
-             timeout=5)
+    wait_for(
+        lambda: (lambda b: len(b) == 1 and not (set(b) & first))(backends(pdsn, name)), timeout=5
+    )
     with pool.connection() as conn:
         assert pid_of(conn) not in first
 
@@ -457,8 +459,7 @@ def test_drain_replaces_all_connections(make_pool):
     pool.wait(5)
     old = set(backends(pdsn, name))
     pool.drain()
-    wait_for(lambda: (lambda b: len(b) == 2 and not set(b) & old)(backends(pdsn, name)),
-             timeout=5)
+    wait_for(lambda: (lambda b: len(b) == 2 and not set(b) & old)(backends(pdsn, name)), timeout=5)
 
 
 def test_close_returns_gives_connection_back(make_pool):
@@ -522,14 +523,24 @@ def test_get_stats_has_psycopg_pool_keys(make_pool):
     pool.wait(5)
     with pool.connection():
         pass
-    with pool.connection():
-        with pytest.raises(PoolTimeout):
-            pool.getconn(timeout=0.1)
+    with pool.connection(), pytest.raises(PoolTimeout):
+        pool.getconn(timeout=0.1)
     keys = set(pool.get_stats())
     assert keys <= STATS_KEYS
-    assert {"pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting",
-            "usage_ms", "requests_num", "requests_queued", "requests_wait_ms",
-            "requests_errors", "connections_num", "connections_ms"} <= keys
+    assert {
+        "pool_min",
+        "pool_max",
+        "pool_size",
+        "pool_available",
+        "requests_waiting",
+        "usage_ms",
+        "requests_num",
+        "requests_queued",
+        "requests_wait_ms",
+        "requests_errors",
+        "connections_num",
+        "connections_ms",
+    } <= keys
 
 
 def test_pop_stats_resets_counters(make_pool):
@@ -557,8 +568,13 @@ def test_given_name(make_pool):
 
 
 def test_repr_has_name_and_no_password(dsn):
-    pool = ConnectionPool(dsn_with(dsn, password="s3cr3tpw"), min_size=1, open=False,
-                          name="reprpool", password="k3ywordpw")
+    pool = ConnectionPool(
+        dsn_with(dsn, password="s3cr3tpw"),
+        min_size=1,
+        open=False,
+        name="reprpool",
+        password="k3ywordpw",
+    )
     r = repr(pool)
     assert "reprpool" in r
     assert "s3cr3tpw" not in r
@@ -570,8 +586,13 @@ def test_repr_has_name_and_no_password(dsn):
 
 def test_reconnect_failed_called_after_reconnect_timeout(dsn):
     called = threading.Event()
-    pool = ConnectionPool(unreachable_dsn(), min_size=1, open=True, reconnect_timeout=1.5,
-                          reconnect_failed=lambda p: called.set())
+    pool = ConnectionPool(
+        unreachable_dsn(),
+        min_size=1,
+        open=True,
+        reconnect_timeout=1.5,
+        reconnect_failed=lambda p: called.set(),
+    )
     try:
         assert called.wait(8)
     finally:

@@ -111,8 +111,17 @@ def null_runs(dsn: str) -> tuple[dict, dict]:
 
 
 ASPECTS = [
-    "after_wait", "query", "timeout", "too_many", "waiter", "counters", "keys",
-    "popped_keys", "after_pop", "closed", "after_close",
+    "after_wait",
+    "query",
+    "timeout",
+    "too_many",
+    "waiter",
+    "counters",
+    "keys",
+    "popped_keys",
+    "after_pop",
+    "closed",
+    "after_close",
 ]
 
 

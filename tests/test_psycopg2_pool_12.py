@@ -56,11 +56,17 @@ def test_attributes(made, named):
 def test_host_port_dbname_user_keywords(made, dsn):
     name = app_name()
     params = psycopg2.extensions.parse_dsn(dsn)
-    pool = made(ConnectionPool(
-        minconn=1, maxconn=2,
-        host=params["host"], port=params["port"], dbname=params["dbname"],
-        user=params["user"], application_name=name,
-    ))
+    pool = made(
+        ConnectionPool(
+            minconn=1,
+            maxconn=2,
+            host=params["host"],
+            port=params["port"],
+            dbname=params["dbname"],
+            user=params["user"],
+            application_name=name,
+        )
+    )
     assert pool.connect_kwargs["host"] == params["host"]
     conn = pool.getconn()
     with conn.cursor() as cur:
@@ -154,10 +160,9 @@ def test_thread_safe_pool_takes_keywords(made, named):
 def test_with_getconn_commits_and_returns(made, named):
     pdsn, _ = named
     pool = made(ConnectionPool(minconn=1, maxconn=2, dsn=pdsn))
-    with pool.getconn() as conn:
-        with conn.cursor() as cur:
-            cur.execute("create temp table if not exists t12 (x int)")  # session-local
-            cur.execute("insert into t12 values (1)")
+    with pool.getconn() as conn, conn.cursor() as cur:
+        cur.execute("create temp table if not exists t12 (x int)")  # session-local
+        cur.execute("insert into t12 values (1)")
     # Same backend (LIFO, only one idle): the committed row is there.
     conn2 = pool.getconn()
     with conn2.cursor() as cur:
