@@ -99,3 +99,23 @@ def wait_for(
                 f"timed out after {timeout}s waiting for {what}; last value: {value!r}"
             )
         time.sleep(interval)
+
+
+#: Every key psycopg_pool 3.3's get_stats() can report.
+STATS_KEYS = {
+    "pool_min",
+    "pool_max",
+    "pool_size",
+    "pool_available",
+    "requests_waiting",
+    "usage_ms",
+    "requests_num",
+    "requests_queued",
+    "requests_wait_ms",
+    "requests_errors",
+    "returns_bad",
+    "connections_num",
+    "connections_ms",
+    "connections_errors",
+    "connections_lost",
+}

@@ -29,31 +29,19 @@ from psycopg2_pool import (
     TooManyRequests,
 )
 from psycopg2_pool._embedded import free_port
-from tests.helpers import app_name, backends, dsn_with, terminate_backends
+from tests.helpers import (
+    STATS_KEYS,
+    app_name,
+    backends,
+    dsn_with,
+    terminate_backends,
+)
 
 T = TypeVar("T")
 
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 INTRANS = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
 INERROR = psycopg2.extensions.TRANSACTION_STATUS_INERROR
-
-STATS_KEYS = {
-    "pool_min",
-    "pool_max",
-    "pool_size",
-    "pool_available",
-    "requests_waiting",
-    "usage_ms",
-    "requests_num",
-    "requests_queued",
-    "requests_wait_ms",
-    "requests_errors",
-    "returns_bad",
-    "connections_num",
-    "connections_ms",
-    "connections_errors",
-    "connections_lost",
-}
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:

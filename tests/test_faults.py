@@ -364,9 +364,8 @@ def test_server_down_at_start_pool_serves_once_it_is_up(
     )
 
 
-def test_server_down_after_reconnect_failed_pool_serves_once_it_is_up(
-    private_server: Any, pools: list[Any]
-) -> None:
+def _gave_up_then_server_back(private_server: Any, pools: list[Any]) -> tuple[Any, str]:
+    """A min_size=2 pool that gave up reconnecting while the server was down; it is up now."""
     private_server.stop()
     name = app_name()
     gave_up = threading.Event()
@@ -380,6 +379,13 @@ def test_server_down_after_reconnect_failed_pool_serves_once_it_is_up(
     pools.append(pool)
     assert gave_up.wait(5.0)
     private_server.start()
+    return pool, name
+
+
+def test_server_down_after_reconnect_failed_pool_serves_once_it_is_up(
+    private_server: Any, pools: list[Any]
+) -> None:
+    pool, _ = _gave_up_then_server_back(private_server, pools)
     # The same pool object, not a new one.
     with pool.connection(timeout=BACKOFF_BOUND) as conn:
         assert identity(conn) is not None
@@ -388,19 +394,7 @@ def test_server_down_after_reconnect_failed_pool_serves_once_it_is_up(
 def test_server_down_after_reconnect_failed_pool_refills_to_min_size_once_it_is_up(
     private_server: Any, pools: list[Any]
 ) -> None:
-    private_server.stop()
-    name = app_name()
-    gave_up = threading.Event()
-    pool = ConnectionPool(
-        dsn_with(private_server.dsn, application_name=name),
-        min_size=2,
-        open=True,
-        reconnect_timeout=0.5,
-        reconnect_failed=lambda pool: gave_up.set(),
-    )
-    pools.append(pool)
-    assert gave_up.wait(5.0)
-    private_server.start()
+    pool, name = _gave_up_then_server_back(private_server, pools)
     with pool.connection(timeout=BACKOFF_BOUND):
         pass
     wait_for(

@@ -21,25 +21,14 @@ from psycopg2_pool import (
     TooManyRequests,
 )
 from psycopg2_pool._embedded import free_port
-from tests.helpers import app_name, backends, dsn_with, terminate_backends, wait_for
-
-STATS_KEYS = {
-    "pool_min",
-    "pool_max",
-    "pool_size",
-    "pool_available",
-    "requests_waiting",
-    "usage_ms",
-    "requests_num",
-    "requests_queued",
-    "requests_wait_ms",
-    "requests_errors",
-    "returns_bad",
-    "connections_num",
-    "connections_ms",
-    "connections_errors",
-    "connections_lost",
-}
+from tests.helpers import (
+    STATS_KEYS,
+    app_name,
+    backends,
+    dsn_with,
+    terminate_backends,
+    wait_for,
+)
 
 
 @pytest.fixture
