@@ -61,6 +61,9 @@ class AutoKey:
 
 _new_key = object.__new__
 
+#: Longer than any lock can be told to wait: a timeout this long waits for good.
+FOREVER = threading.TIMEOUT_MAX
+
 
 class Waiter:
     """A client's place in the queue for a connection.
@@ -89,9 +92,9 @@ class Waiter:
 
     def sleep(self, timeout: float | None) -> bool:
         """Wait to be served or failed; False if the timeout passed first."""
-        if timeout is None:
+        if timeout is None or timeout >= FOREVER:
             return self._signal.acquire()
-        return self._signal.acquire(timeout=max(timeout, 0.0))
+        return self._signal.acquire(True, max(timeout, 0.0))
 
 
 class AbstractConnectionPool:
@@ -264,15 +267,22 @@ class AbstractConnectionPool:
         try:
             served = waiter.sleep(timeout)
         except BaseException:
-            # Interrupted (KeyboardInterrupt...): leave the queue, or give back
-            # what arrived meanwhile, so that no connection is lost.
-            with self._mutex:
-                if waiter.conn is None:
-                    if waiter in self._waiters:
-                        self._waiters.remove(waiter)
-                    raise
-            self._putconn(waiter.conn, waiter.key)
+            self._abandon(waiter)
             raise
+        return self._outcome(waiter, served, timeout)
+
+    def _abandon(self, waiter: Waiter) -> None:
+        """An interrupted client (KeyboardInterrupt...) leaves the queue, or gives
+        back what arrived meanwhile, so that no connection is lost."""
+        with self._mutex:
+            if waiter.conn is None:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                return
+        self._putconn(waiter.conn, waiter.key)
+
+    def _outcome(self, waiter: Waiter, served: bool, timeout: float | None) -> Connection:
+        """The connection a client woke up with, or the error it must raise."""
         if not served:
             # Served (or failed) just as the time ran out? Only the lock can tell.
             # A client served in time needs no lock: the server noted its wait.

@@ -27,7 +27,14 @@ from psycopg2 import extensions as _ext
 from . import stats as S
 from ._masking import mask_dsn, mask_text, scrubbed, secrets_in
 from ._watchdog import readable_fds, run_bounded, socket_alive
-from .engine import AbstractConnectionPool, Connection, Waiter, status_name, unreferenced_keys
+from .engine import (
+    FOREVER,
+    AbstractConnectionPool,
+    Connection,
+    Waiter,
+    status_name,
+    unreferenced_keys,
+)
 from .errors import (
     ConnectionReturned,
     NotFromThisPool,
@@ -50,6 +57,7 @@ KwargsParam = Union[dict[str, Any], Callable[[], dict[str, Any]]]
 _P = TypeVar("_P", bound="ConnectionPool")
 
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
+_QUEUED, _WAIT_MS = S.REQUESTS_QUEUED, S.REQUESTS_WAIT_MS
 _READY = _ext.STATUS_READY
 # Keywords that only psycopg2-pool 1.2 code passes.
 _V12_KEYWORDS = frozenset(("minconn", "maxconn", "idle_timeout"))
@@ -433,15 +441,27 @@ class ConnectionPool(AbstractConnectionPool):
                     and not self._pool
                     and not self.closed
                     and len(self._used) + self._pending >= self.maxconn
+                    and timeout > 0
+                    and not self.max_waiting
                 ):
                     # Full and others in line already: whoever came first
                     # decided on growth and dropped handles; just queue.
                     self._requests += 1
-                    waiter = self._enqueue(self._new_handle(self._handle_class))
+                    waiter = Waiter(self._new_handle(self._handle_class))
+                    self._waiters.append(waiter)
+                    self._stats[_QUEUED] += 1
             finally:
                 mutex.release()
         if waiter is not None:
-            conn = self._wait(waiter, timeout)
+            # The engine's _wait, inlined for the same reason.
+            try:
+                served = waiter._signal.acquire(True, timeout if timeout < FOREVER else -1)
+            except BaseException:
+                self._abandon(waiter)
+                raise
+            conn = waiter.conn  # type: ignore[assignment]
+            if not served or conn is None:
+                conn = self._outcome(waiter, served, timeout)
         elif handle is None:
             conn = self._getconn(None, timeout)
         if handle is None:
@@ -703,7 +723,13 @@ class ConnectionPool(AbstractConnectionPool):
                     if self._used.pop(handle, None) is None:
                         raise ConnectionReturned("this connection was already returned to the pool")
                     if self._waiters:
-                        self._release(real)
+                        # The engine's _release, inlined.
+                        waiter = self._waiters.popleft()
+                        key = waiter.key
+                        self._used[key] = real
+                        self._rused[id(real)] = key
+                        self._stats[_WAIT_MS] += int(1000.0 * (monotonic() - waiter.since))
+                        waiter.serve(real)
                     else:
                         del self._rused[id(real)]
                         self._pool.append(real)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -167,36 +168,74 @@ def test_waiting_clients_are_served_fifo(make_pool):
     assert served == [0, 1, 2, 3, 4]
 
 
-def test_clients_joining_a_full_pools_line_are_served_and_counted(make_pool):
+@pytest.mark.parametrize("max_waiting", [0, 3])
+def test_clients_joining_a_full_pools_line_are_served_and_counted(make_pool, max_waiting):
     # The first client to find the pool full takes the engine's way; the next
-    # ones take the shortcut into the line: both must end up the same.
-    pool, _, _ = make_pool(min_size=1, max_size=1, max_waiting=2, timeout=5)
+    # ones take getconn()'s shortcut into the line (without max_waiting) or the
+    # engine's way again (with it): all must end up the same.
+    pool, _, _ = make_pool(min_size=1, max_size=1, max_waiting=max_waiting, timeout=5)
     pool.wait(5)
     holder = pool.getconn()
-    got: dict[int, Any] = {}
+    order: list[int] = []
+    pids: set[int] = set()
 
     def client(i: int) -> None:
         conn = pool.getconn()
-        got[i] = conn.cursor().connection.get_backend_pid()
+        order.append(i)
+        pids.add(conn.cursor().connection.get_backend_pid())
         pool.putconn(conn)
 
     threads = []
-    for i in range(2):
+    for i in range(3):
         threads.append(threading.Thread(target=client, args=(i,)))
         threads[-1].start()
         wait_for(lambda n=i + 1: pool.get_stats()["requests_waiting"] == n)
-    with pytest.raises(TooManyRequests):
-        pool.getconn()
+    if max_waiting:
+        with pytest.raises(TooManyRequests):
+            pool.getconn()
     pid = holder.get_backend_pid()
     pool.putconn(holder)
     for t in threads:
         t.join(10)
-    assert got == {0: pid, 1: pid}
+    assert order == [0, 1, 2]
+    assert pids == {pid}
     stats = pool.get_stats()
-    assert stats["requests_num"] == 4
-    assert stats["requests_queued"] == 2
-    assert stats["requests_errors"] == 1
+    assert stats["requests_num"] == 4 + bool(max_waiting)
+    assert stats["requests_queued"] == 3
+    assert stats.get("requests_errors", 0) == bool(max_waiting)
     assert stats["pool_available"] == 1
+
+
+@pytest.mark.parametrize("where", ["getconn", "pool"])
+def test_an_endless_timeout_waits_until_served(make_pool, where):
+    # Locks refuse a timeout past threading.TIMEOUT_MAX: such a wait is endless.
+    endless = {"timeout": math.inf} if where == "pool" else {}
+    pool, _, _ = make_pool(min_size=1, max_size=1, **endless)
+    pool.wait(5)
+    holder = pool.getconn()
+    served: list[int] = []
+    errors: list[BaseException] = []
+
+    def client(i: int) -> None:
+        try:
+            with pool.connection(**({} if endless else {"timeout": math.inf})) as conn:
+                conn.execute("SELECT 1")
+                served.append(i)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    # The second client joins a line that is already there: getconn()'s shortcut.
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+    for n, t in enumerate(threads, 1):
+        t.start()
+        wait_for(lambda n=n: pool.get_stats()["requests_waiting"] == n)
+    time.sleep(0.2)
+    assert served == [] and errors == []
+    pool.putconn(holder)
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    assert served == [0, 1]
 
 
 def test_timeout_raises_pool_timeout_naming_pool_and_seconds(make_pool):
