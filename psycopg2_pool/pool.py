@@ -45,7 +45,7 @@ from .errors import (
     TooManyRequests,
 )
 from .workers import Backoff, Workers
-from .wrapper import RETURNED, PooledConnection
+from .wrapper import RETURNED, PooledConnection, end_transaction
 
 __all__ = ["ConnectionPool", "ThreadSafeConnectionPool"]
 
@@ -119,9 +119,8 @@ class _ConnectionContext:
 
     __slots__ = ("handle", "pool", "started", "timeout")
 
-    def __init__(self, pool: ConnectionPool, timeout: float | None) -> None:
-        self.pool = pool
-        self.timeout = timeout
+    pool: ConnectionPool
+    timeout: float | None
 
     def __enter__(self) -> PooledConnection:
         self.handle = self.pool.getconn(self.timeout)
@@ -134,11 +133,26 @@ class _ConnectionContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # PooledConnection.__exit__, without going through the handle: the
+        # pool's own map finds the connection for less than wrapt would.
+        pool = self.pool
         try:
-            self.handle.__exit__(exc_type, exc, tb)
+            conn = pool._used.get(self.handle)
+            if conn is None:
+                return  # given back inside the block already
+            try:
+                if conn.get_transaction_status() != _IDLE:
+                    end_transaction(conn, exc_type is None, self.handle)
+            finally:
+                pool.putconn(self.handle)
         finally:
             # Approximate under concurrency, as in psycopg_pool: no lock for a duration sum.
-            self.pool._stats[S.USAGE_MS] += int(1000.0 * (monotonic() - self.started))
+            pool._stats[S.USAGE_MS] += int(1000.0 * (monotonic() - self.started))
+
+
+# A context is made on every ``with pool.connection()``: without an __init__
+# frame, filled in by connection() itself.
+_new_context = object.__new__
 
 
 class ConnectionPool(AbstractConnectionPool):
@@ -398,7 +412,10 @@ class ConnectionPool(AbstractConnectionPool):
         Wait up to ``timeout`` (default: the pool's) for one. At the end of the
         block commit, or roll back if it raised, and give the connection back.
         """
-        return _ConnectionContext(self, timeout)
+        context: _ConnectionContext = _new_context(_ConnectionContext)
+        context.pool = self
+        context.timeout = timeout
+        return context
 
     def getconn(self, timeout: float | None = None) -> PooledConnection:
         """Check a connection out; wait up to ``timeout`` seconds for one.

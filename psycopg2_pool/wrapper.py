@@ -53,6 +53,22 @@ class _Returned:
 RETURNED = _Returned()
 
 
+def end_transaction(conn: Any, commit: bool, handle: Any) -> None:
+    """Commit what is open on ``conn``, or roll it back after an exception.
+
+    A failed rollback is logged, not raised: the client's own exception wins.
+    """
+    if conn.closed:
+        return
+    if commit:
+        conn.commit()
+        return
+    try:
+        conn.rollback()
+    except Exception as exc:
+        logger.warning("error ignored in rollback on %r: %s", handle, exc)
+
+
 if TYPE_CHECKING:
     _Proxy = wrapt.BaseObjectProxy[Any]
 else:
@@ -142,15 +158,9 @@ class PooledConnection(_Proxy):
         if conn is RETURNED:
             return  # given back inside the block already
         try:
-            if conn.closed or conn.get_transaction_status() == _IDLE:
-                pass  # nothing to end (and commit() would cost a call for nothing)
-            elif exc_type is None:
-                conn.commit()
-            else:
-                try:
-                    conn.rollback()
-                except Exception as exc2:  # keep the client's own exception
-                    logger.warning("error ignored in rollback on %r: %s", self, exc2)
+            # Nothing to end costs no call (commit() would cost one for nothing).
+            if conn.get_transaction_status() != _IDLE:
+                end_transaction(conn, exc_type is None, self)
         finally:
             self._self_pool.putconn(self)
 

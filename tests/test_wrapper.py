@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 import pytest
@@ -95,6 +96,54 @@ def test_with_getconn_rolls_back_on_exception(table, pool, dsn):
         raise ZeroDivisionError
     assert count_from_outside(dsn, table) == 0
     assert pool.get_stats()["pool_available"] == 1
+
+
+def block(pool: ConnectionPool, form: str) -> Any:
+    """The two ``with`` forms: they must end a block the same way."""
+    return pool.connection() if form == "connection" else pool.getconn()
+
+
+FORMS = pytest.mark.parametrize("form", ["connection", "getconn"])
+
+
+@FORMS
+def test_block_whose_commit_fails_raises_and_gives_the_connection_back(table, pool, dsn, form):
+    with block(pool, form) as conn:
+        conn.execute(f"alter table {table} add unique (x) deferrable initially deferred")
+    with pytest.raises(psycopg2.errors.UniqueViolation), block(pool, form) as conn:
+        conn.execute(f"insert into {table} values (1), (1)")
+    assert pool.get_stats()["pool_available"] == 1
+    assert count_from_outside(dsn, table) == 0
+    with block(pool, form) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+@FORMS
+def test_block_whose_rollback_fails_raises_the_clients_error(pool, dsn, form, caplog):
+    admin = psycopg2.connect(dsn)
+    admin.autocommit = True
+    try:
+        with pytest.raises(ZeroDivisionError), block(pool, form) as conn:
+            conn.execute("select 1")
+            admin.cursor().execute("select pg_terminate_backend(%s)", (conn.get_backend_pid(),))
+            raise ZeroDivisionError
+    finally:
+        admin.close()
+    assert "error ignored in rollback" in caplog.text
+    with block(pool, form) as conn:  # the dead connection was not handed out again
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+@FORMS
+def test_block_given_back_or_closed_inside_ends_quietly(pool, form):
+    with block(pool, form) as conn:
+        pool.putconn(conn)
+    assert pool.get_stats()["pool_available"] == 1
+    with block(pool, form) as conn:
+        conn.execute("select 1")
+        conn.__wrapped__.close()
+    with block(pool, form) as conn:  # replaced
+        assert conn.execute("select 1").fetchone() == (1,)
 
 
 @pytest.mark.parametrize(
