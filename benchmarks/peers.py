@@ -15,6 +15,7 @@ timestamp to :data:`OPENED`: that is how the scenarios count connections.
 
 from __future__ import annotations
 
+import collections
 import functools
 import operator
 import threading
@@ -73,6 +74,7 @@ class Adapter:
     # Run in a process whose sys.path starts with the pool's own install directory.
     isolated: ClassVar[bool] = False
     retried: ClassVar[bool] = False  # a raising pool behind a retry loop
+    grows: ClassVar[bool] = True  # can open connections beyond min_size (S5, S6)
     # Clients in the contended scenarios, if not the scenario's own number.
     client_threads: ClassVar[int | None] = None
     # The exception the pool raises when it is exhausted (raising pools only).
@@ -277,6 +279,48 @@ class NoPoolPsycopg3(NoPool):
         return counted_psycopg3_class().connect(dsn, autocommit=True)
 
 
+class BareFifo(Adapter):
+    """The least a fair pool can do: a fixed set of connections, a lock, a FIFO
+    line of waiters. No handle, no checks, no stats, no growth, no timeout:
+    the floor under S1-S4, not a pool anyone should use."""
+
+    key = "bare-fifo"
+    label = "bare FIFO pool (no handle)"
+    family = "baseline"
+    grows = False
+
+    def make(self, dsn: str, min_size: int, max_size: int) -> None:
+        idle = [psycopg2_connect(dsn) for _ in range(max_size)]
+        self._conns = list(idle)
+        line: collections.deque[list[Any]] = collections.deque()
+        mutex = threading.Lock()
+
+        def acquire() -> Any:
+            with mutex:
+                if idle:
+                    return idle.pop()
+                waiter: list[Any] = [threading.Lock(), None]
+                waiter[0].acquire()
+                line.append(waiter)
+            waiter[0].acquire()
+            return waiter[1]
+
+        def release(conn: Any) -> None:
+            with mutex:
+                if line:
+                    waiter = line.popleft()
+                    waiter[1] = conn
+                    waiter[0].release()
+                else:
+                    idle.append(conn)
+
+        self.acquire, self.release = acquire, release
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.close()
+
+
 class ConnectPerRequest(Adapter):
     key = "connect-per-request"
     label = "connect per request"
@@ -408,6 +452,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         NoPool,
         NoPoolEightThreads,
         NoPoolPsycopg3,
+        BareFifo,
         ConnectPerRequest,
     )
 }

@@ -347,7 +347,7 @@ def _contended(cls: type[Adapter]) -> bool:
 
 
 def _growing(cls: type[Adapter]) -> bool:
-    return _contended(cls) and not cls.retried and cls.key != _EIGHT_CONNECTIONS
+    return _contended(cls) and cls.grows and not cls.retried and cls.key != _EIGHT_CONNECTIONS
 
 
 SCENARIOS: dict[str, Scenario] = {
