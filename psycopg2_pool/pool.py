@@ -45,7 +45,7 @@ from .errors import (
     TooManyRequests,
 )
 from .workers import Backoff, Workers
-from .wrapper import RETURNED, PooledConnection, end_transaction
+from .wrapper import RETURNED, PooledConnection, end_block
 
 __all__ = ["ConnectionPool", "ThreadSafeConnectionPool"]
 
@@ -140,11 +140,7 @@ class _ConnectionContext:
             conn = pool._used.get(self.handle)
             if conn is None:
                 return  # given back inside the block already
-            try:
-                if conn.get_transaction_status() != _IDLE:
-                    end_transaction(conn, exc_type is None, self.handle)
-            finally:
-                pool.putconn(self.handle)
+            end_block(pool, self.handle, conn, exc_type is None)
         finally:
             # Approximate under concurrency, as in psycopg_pool: no lock for a duration sum.
             pool._stats[S.USAGE_MS] += int(1000.0 * (monotonic() - self.started))

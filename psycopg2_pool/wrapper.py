@@ -53,20 +53,25 @@ class _Returned:
 RETURNED = _Returned()
 
 
-def end_transaction(conn: Any, commit: bool, handle: Any) -> None:
-    """Commit what is open on ``conn``, or roll it back after an exception.
+def end_block(pool: Any, handle: Any, conn: Any, commit: bool) -> None:
+    """End a ``with`` block on ``conn``: commit what is open (or roll it back
+    after an exception), then give ``handle`` back to ``pool``.
 
     A failed rollback is logged, not raised: the client's own exception wins.
     """
-    if conn.closed:
-        return
-    if commit:
-        conn.commit()
-        return
     try:
-        conn.rollback()
-    except Exception as exc:
-        logger.warning("error ignored in rollback on %r: %s", handle, exc)
+        # Nothing open costs no call (commit() would cost one for nothing).
+        if conn.get_transaction_status() == _IDLE or conn.closed:
+            return
+        if commit:
+            conn.commit()
+            return
+        try:
+            conn.rollback()
+        except Exception as exc:
+            logger.warning("error ignored in rollback on %r: %s", handle, exc)
+    finally:
+        pool.putconn(handle)
 
 
 if TYPE_CHECKING:
@@ -157,12 +162,7 @@ class PooledConnection(_Proxy):
         conn = self.__wrapped__
         if conn is RETURNED:
             return  # given back inside the block already
-        try:
-            # Nothing to end costs no call (commit() would cost one for nothing).
-            if conn.get_transaction_status() != _IDLE:
-                end_transaction(conn, exc_type is None, self)
-        finally:
-            self._self_pool.putconn(self)
+        end_block(self._self_pool, self, conn, exc_type is None)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError("a pooled connection cannot be pickled")
