@@ -555,20 +555,8 @@ def test_get_stats_has_psycopg_pool_keys(make_pool):
         pool.getconn(timeout=0.1)
     keys = set(pool.get_stats())
     assert keys <= STATS_KEYS
-    assert {
-        "pool_min",
-        "pool_max",
-        "pool_size",
-        "pool_available",
-        "requests_waiting",
-        "usage_ms",
-        "requests_num",
-        "requests_queued",
-        "requests_wait_ms",
-        "requests_errors",
-        "connections_num",
-        "connections_ms",
-    } <= keys
+    # Only the counters of events that did not happen here may be missing.
+    assert STATS_KEYS - {"returns_bad", "connections_errors", "connections_lost"} <= keys
 
 
 def test_pop_stats_resets_counters(make_pool):

@@ -49,6 +49,10 @@ def spellings(dsn: str) -> dict[str, dict[str, Any]]:
     }
 
 
+# Taken from spellings() itself, so that a spelling added there is tested everywhere.
+SPELLINGS = list(spellings("host=localhost port=5432 user=u dbname=d"))
+
+
 def closed_port_dsn() -> str:
     return f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres"
 
@@ -130,18 +134,7 @@ def _exercise_connection_pool(pool: ConnectionPool, ev: Evidence, dsn_for_strang
     ev.add("repr(closed pool)", repr(pool))
 
 
-@pytest.mark.parametrize(
-    "spelling",
-    [
-        "conninfo",
-        "conninfo_quoted",
-        "uri",
-        "uri_query",
-        "kwargs_dict",
-        "kwargs_callable",
-        "connect_keyword",
-    ],
-)
+@pytest.mark.parametrize("spelling", SPELLINGS)
 def test_password_not_shown_by_working_connection_pool(
     dsn: str, evidence: Evidence, spelling: str
 ) -> None:
@@ -155,18 +148,7 @@ def test_password_not_shown_by_working_connection_pool(
     assert not evidence.leaks()
 
 
-@pytest.mark.parametrize(
-    "spelling",
-    [
-        "conninfo",
-        "conninfo_quoted",
-        "uri",
-        "uri_query",
-        "kwargs_dict",
-        "kwargs_callable",
-        "connect_keyword",
-    ],
-)
+@pytest.mark.parametrize("spelling", SPELLINGS)
 def test_password_not_shown_by_failing_connection_pool(evidence: Evidence, spelling: str) -> None:
     kwargs = spellings(closed_port_dsn())[spelling]
     pool = ConnectionPool(
