@@ -259,7 +259,7 @@ class _AsyncConnectionContext:
         try:
             await self.handle.__aexit__(exc_type, exc, tb)
         finally:
-            self.pool._stats[S.USAGE_MS] += int(1000.0 * (monotonic() - self.started))
+            self.pool._usage_seconds += monotonic() - self.started
 
     def __enter__(self) -> NoReturn:
         raise TypeError("use 'async with pool.connection() as conn' with an async pool")

@@ -57,7 +57,7 @@ KwargsParam = Union[dict[str, Any], Callable[[], dict[str, Any]]]
 _P = TypeVar("_P", bound="ConnectionPool")
 
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
-_QUEUED, _WAIT_MS = S.REQUESTS_QUEUED, S.REQUESTS_WAIT_MS
+_QUEUED = S.REQUESTS_QUEUED
 _READY = _ext.STATUS_READY
 # Keywords that only psycopg2-pool 1.2 code passes.
 _V12_KEYWORDS = frozenset(("minconn", "maxconn", "idle_timeout"))
@@ -143,7 +143,7 @@ class _ConnectionContext:
             end_block(pool, self.handle, conn, exc_type is None)
         finally:
             # Approximate under concurrency, as in psycopg_pool: no lock for a duration sum.
-            pool._stats[S.USAGE_MS] += int(1000.0 * (monotonic() - self.started))
+            pool._usage_seconds += monotonic() - self.started
 
 
 # A context is made on every ``with pool.connection()``: without an __init__
@@ -231,6 +231,10 @@ class ConnectionPool(AbstractConnectionPool):
         self._always_settle = reset is not None
         self._stats: Counter[str] = Counter()
         self._requests = 0  # requests_num, kept apart: it is counted on the hot path
+        # requests_wait_ms and usage_ms, summed in seconds: rounding each wait
+        # down to whole milliseconds would report waits under 1 ms as none.
+        self._wait_seconds = 0.0
+        self._usage_seconds = 0.0
         self._handle_class = PooledConnection.for_pool(self)
         self._new_handle = self._handle_class.__new__
         self._wrap_at_birth = False
@@ -561,7 +565,7 @@ class ConnectionPool(AbstractConnectionPool):
         return waiter
 
     def _note_wait(self, waiter: Waiter, seconds: float) -> None:
-        self._stats[S.REQUESTS_WAIT_MS] += int(1000.0 * seconds)
+        self._wait_seconds += seconds
 
     def _timeout_error(self, waiter: Waiter | None, timeout: float | None) -> PoolError:
         self._stats[S.REQUESTS_ERRORS] += 1
@@ -741,7 +745,7 @@ class ConnectionPool(AbstractConnectionPool):
                         key = waiter.key
                         self._used[key] = real
                         self._rused[id(real)] = key
-                        self._stats[_WAIT_MS] += int(1000.0 * (monotonic() - waiter.since))
+                        self._wait_seconds += now - waiter.since
                         waiter.serve(real)
                     else:
                         del self._rused[id(real)]
@@ -1160,18 +1164,28 @@ class ConnectionPool(AbstractConnectionPool):
     def get_stats(self) -> dict[str, int]:
         """Counters since the last :meth:`pop_stats`, and the pool's current sizes."""
         with self._mutex:
-            return self._measures(dict(self._stats), self._requests)
+            return self._measures(
+                dict(self._stats), self._requests, self._wait_seconds, self._usage_seconds
+            )
 
     def pop_stats(self) -> dict[str, int]:
         """Like :meth:`get_stats`, then reset the counters to zero."""
         with self._mutex:
             counters, self._stats = self._stats, Counter()
             requests, self._requests = self._requests, 0
-            return self._measures(dict(counters), requests)
+            wait, self._wait_seconds = self._wait_seconds, 0.0
+            usage, self._usage_seconds = self._usage_seconds, 0.0
+            return self._measures(dict(counters), requests, wait, usage)
 
-    def _measures(self, stats: dict[str, int], requests: int) -> dict[str, int]:
+    def _measures(
+        self, stats: dict[str, int], requests: int, wait: float, usage: float
+    ) -> dict[str, int]:
         if requests:
             stats[S.REQUESTS_NUM] = requests
+        if wait:
+            stats[S.REQUESTS_WAIT_MS] = int(1000.0 * wait)
+        if usage:
+            stats[S.USAGE_MS] = int(1000.0 * usage)
         stats[S.POOL_MIN] = self.min_size
         stats[S.POOL_MAX] = self.maxconn if math.isfinite(self.maxconn) else 0
         stats[S.POOL_SIZE] = self._size()

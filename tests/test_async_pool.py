@@ -622,6 +622,28 @@ def test_check_drain_resize_and_stats(target):
     run(main())
 
 
+def test_usage_ms_adds_up_blocks_under_a_millisecond(target):
+    # Each block is well under 1 ms: rounded down one by one, they would add up to 0.
+    async def main() -> dict[str, int]:
+        async with make(target, min_size=1) as pool:
+            await pool.wait()
+            pool.pop_stats()
+            surely_used = took = 0.0
+            for _ in range(40):
+                started = time.monotonic()
+                async with pool.connection():
+                    inside = time.monotonic()
+                    while time.monotonic() < inside + 0.0003:
+                        pass
+                    surely_used += time.monotonic() - inside
+                took += time.monotonic() - started
+            stats = pool.get_stats()
+            assert int(1000 * surely_used) <= stats["usage_ms"] <= 1000 * took + 1
+            return stats
+
+    assert run(main())["requests_num"] == 40
+
+
 def test_check_connection(target):
     async def main() -> None:
         async with make(target, min_size=1) as pool, pool.connection() as conn:

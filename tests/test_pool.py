@@ -573,6 +573,60 @@ def test_pop_stats_resets_counters(make_pool):
     assert after["pool_size"] == 1  # measures are not reset
 
 
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_requests_wait_ms_adds_up_waits_under_a_millisecond(make_pool):
+    # Each wait is well under 1 ms: rounded down one by one, they would add up to 0.
+    pool, _, _ = make_pool(min_size=1, max_size=1)
+    pool.wait(5)
+    held = pool.getconn()
+    pool.pop_stats()
+    surely_waited = took = 0.0  # summed lower and upper bounds of the waits
+    for _ in range(40):
+        got: list[tuple[Any, float]] = []
+
+        def client() -> None:
+            started = time.monotonic()
+            conn = pool.getconn()
+            got.append((conn, time.monotonic() - started))
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        while not pool.get_stats()["requests_waiting"]:
+            pass
+        queued = time.monotonic()  # the client's wait began before this...
+        _spin(0.0003)
+        surely_waited += time.monotonic() - queued  # ...and ends after this
+        pool.putconn(held)
+        thread.join(5)
+        held, duration = got[0]
+        took += duration
+    pool.putconn(held)
+    stats = pool.get_stats()
+    assert stats["requests_queued"] == 40
+    assert int(1000 * surely_waited) <= stats["requests_wait_ms"] <= 1000 * took + 1
+
+
+def test_usage_ms_adds_up_blocks_under_a_millisecond(make_pool):
+    pool, _, _ = make_pool(min_size=1)
+    pool.wait(5)
+    pool.pop_stats()
+    surely_used = took = 0.0
+    for _ in range(40):
+        started = time.monotonic()
+        with pool.connection():
+            inside = time.monotonic()
+            _spin(0.0003)
+            surely_used += time.monotonic() - inside
+        took += time.monotonic() - started
+    stats = pool.get_stats()
+    assert int(1000 * surely_used) <= stats["usage_ms"] <= 1000 * took + 1
+
+
 def test_default_name_is_pool_n(make_pool):
     pool, _, _ = make_pool(min_size=1, open=False)
     assert re.fullmatch(r"pool-\d+", pool.name)
