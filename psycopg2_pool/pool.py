@@ -484,7 +484,9 @@ class ConnectionPool(AbstractConnectionPool):
         if handle is None:
             # Served by whoever gave a connection back: the key it was given to
             # is this client's (still empty) handle.
-            waited: PooledConnection = self._rused[id(conn)]  # type: ignore[assignment]
+            waited: PooledConnection = (
+                waiter.key if waiter is not None else self._rused[id(conn)]  # type: ignore[assignment]
+            )
             waited.__wrapped__ = conn
             handle = waited
         if self._plain_checkout:
