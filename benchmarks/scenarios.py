@@ -13,12 +13,16 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from array import array
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from peers import ADAPTERS, OPENED, Adapter, opened
@@ -29,6 +33,7 @@ now = time.perf_counter_ns
 SELECT_1 = "SELECT 1"
 HOLD_SECONDS = 0.002  # S4 and S6 hold each connection this long
 SLEEP_2MS = f"SELECT pg_sleep({HOLD_SECONDS})"
+STALL_PROBE_PERIOD = 0.005  # seconds the stall probe sleeps at a time
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,72 @@ def _schedule(start_in: float, window: float, count: int) -> list[tuple[int, int
     ]
 
 
-def _analyse(clients: list[_Client], windows: list[tuple[int, int]]) -> Result:
+@contextmanager
+def _watching_stalls(enabled: bool) -> Iterator[dict[str, Any]]:
+    """Run stall_probe.py on this process's CPU meanwhile; yield what it found.
+
+    Only when pinned to one CPU: on several, a stall of one is not a stall of all.
+    """
+    found: dict[str, Any] = {}
+    cpus = os.sched_getaffinity(0)
+    if not enabled or len(cpus) != 1:
+        yield found
+        return
+    command = [sys.executable, str(Path(__file__).with_name("stall_probe.py"))]
+    probe = subprocess.Popen(
+        [*command, "--cpu", str(next(iter(cpus))), "--period", str(STALL_PROBE_PERIOD)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert probe.stdout is not None
+    probe.stdout.readline()  # "ready": it watches from here on
+    try:
+        yield found
+    finally:
+        probe.terminate()
+        out, _ = probe.communicate(timeout=10)
+        if out.strip():
+            found.update(json.loads(out))
+
+
+def _stall_figures(
+    clients: list[_Client], windows: list[tuple[int, int]], stalls: list[list[int]]
+) -> Result:
+    """How long the machine stopped in the windows, and fairness without those moments.
+
+    A wait that overlaps a stall is left out of the second figure. The probe
+    only knows which of its sleeps overran, so the whole sleep counts as the
+    stall: a wait that merely came near one is left out too.
+    """
+    begin, end = windows[0][0], windows[-1][1]
+    inside = sorted((start, stop) for start, stop in stalls if stop > begin and start < end)
+    clear: list[int] = []
+    left_out = 0
+    for client in clients:
+        for asked, got in zip(client.asked, client.served):
+            if not begin <= got < end:
+                continue
+            if any(start < got and stop > asked for start, stop in inside):
+                left_out += 1
+            else:
+                clear.append(got - asked)
+    clear.sort()
+    p50 = percentile(clear, 0.5)
+    return {
+        "machine_stalls": len(inside),
+        # By how much the probe's longest sleep overran: at least that long stopped.
+        "machine_stall_max_ms": max(
+            ((stop - start) / 1e6 - STALL_PROBE_PERIOD * 1e3 for start, stop in inside),
+            default=0.0,
+        ),
+        "fairness_outside_stalls": clear[-1] / p50 if p50 else None,
+        "waits_in_stalls": left_out,
+    }
+
+
+def _analyse(
+    clients: list[_Client], windows: list[tuple[int, int]], stalls: dict[str, Any] | None = None
+) -> Result:
     per_window_ops, starved = [], []
     waits: list[int] = []
     for begin, end in windows:
@@ -219,7 +289,7 @@ def _analyse(clients: list[_Client], windows: list[tuple[int, int]]) -> Result:
     for client in clients:
         errors.update(client.errors)
     p50, p99, worst = percentile(waits, 0.5), percentile(waits, 0.99), waits[-1] if waits else 0
-    return {
+    result = {
         "ops_per_s": statistics.median(per_window_ops),
         "ops_per_s_windows": per_window_ops,
         "wait_p50_us": p50 / 1000,
@@ -231,6 +301,10 @@ def _analyse(clients: list[_Client], windows: list[tuple[int, int]]) -> Result:
         "starved": max(starved),
         "starved_windows": starved,
     }
+    if stalls:
+        result["stall_probe_realtime"] = stalls["fifo"]
+        result.update(_stall_figures(clients, windows, stalls["stalls"]))
+    return result
 
 
 def _retries_between(adapter: Adapter, begin: int, end: int) -> int | None:
@@ -242,8 +316,9 @@ def _under_contention(adapter: Adapter, params: dict[str, Any], query: str) -> R
     with opened(adapter, params["dsn"], params["size"], params["size"]):
         windows = _schedule(params["warmup"], params["window"], params["windows"])
         threads = adapter.client_threads or params["threads"]
-        clients = _run_clients(adapter, query, threads, windows)
-        result = _analyse(clients, windows)
+        with _watching_stalls(params.get("stall_probe", False)) as stalls:
+            clients = _run_clients(adapter, query, threads, windows)
+        result = _analyse(clients, windows, stalls)
         result["retries"] = _retries_between(adapter, windows[0][0], windows[-1][1])
         result["connections_opened"] = len(OPENED)
     return result
@@ -380,6 +455,7 @@ def parameters(scenario: str, quick: bool) -> dict[str, Any]:
             "warmup": 0.2 if quick else 0.5,
             "window": 0.4 if quick else 1.5,
             "windows": 2 if quick else 1,
+            "stall_probe": True,
         }
     if scenario == "S5":
         return {
