@@ -589,12 +589,12 @@ def test_requests_wait_ms_adds_up_waits_under_a_millisecond(make_pool):
     for _ in range(40):
         got: list[tuple[Any, float]] = []
 
-        def client() -> None:
+        def client(got: list[tuple[Any, float]]) -> None:
             started = time.monotonic()
             conn = pool.getconn()
             got.append((conn, time.monotonic() - started))
 
-        thread = threading.Thread(target=client)
+        thread = threading.Thread(target=client, args=(got,))
         thread.start()
         while not pool.get_stats()["requests_waiting"]:
             pass
