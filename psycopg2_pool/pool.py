@@ -379,6 +379,7 @@ class ConnectionPool(AbstractConnectionPool):
 
     def __enter__(self: _P) -> _P:
         self._open_implicit = False
+        self._update_plain_checkout()
         self.open()
         return self
 
