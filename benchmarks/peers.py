@@ -321,6 +321,58 @@ class BareFifo(Adapter):
             conn.close()
 
 
+class BareFifoHandle(BareFifo):
+    """The bare FIFO pool plus the least our contract asks of a handle: a wrapt
+    proxy made for each checkout, found again on return, and dead afterwards.
+
+    The floor under any pool that hands out such handles (ours does).
+    """
+
+    key = "bare-fifo-handle"
+    label = "bare FIFO pool + wrapt handle"
+
+    def make(self, dsn: str, min_size: int, max_size: int) -> None:
+        super().make(dsn, min_size, max_size)
+        acquire, release = self.acquire, self.release
+        handle_class, dead = _handle_class(), _Dead()
+        in_use: dict[Any, Any] = {}
+
+        def acquire_handle() -> Any:
+            conn = acquire()
+            handle = handle_class(conn)
+            in_use[handle] = conn
+            return handle
+
+        def release_handle(handle: Any) -> None:
+            conn = in_use.pop(handle)
+            handle.__wrapped__ = dead
+            release(conn)
+
+        self.acquire, self.release = acquire_handle, release_handle
+
+
+class _Dead:
+    """What a bare handle wraps once returned: every use fails."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError("returned to the pool")
+
+
+@functools.cache
+def _handle_class() -> type[Any]:
+    import wrapt
+
+    class Handle(wrapt.BaseObjectProxy):  # type: ignore[misc]
+        # A key of the in-use map: it hashes as itself, not as the connection.
+        __hash__ = object.__hash__
+        __eq__ = object.__eq__
+        # As ours: the attribute each request uses, without wrapt's failed lookup.
+        cursor = property(operator.attrgetter("__wrapped__.cursor"))
+        __wrapped_setattr_fixups__ = staticmethod(int)
+
+    return Handle
+
+
 class ConnectPerRequest(Adapter):
     key = "connect-per-request"
     label = "connect per request"
@@ -453,6 +505,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         NoPoolEightThreads,
         NoPoolPsycopg3,
         BareFifo,
+        BareFifoHandle,
         ConnectPerRequest,
     )
 }

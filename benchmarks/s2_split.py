@@ -26,7 +26,7 @@ from environment import benchmark_server, default_cpu
 from peers import ADAPTERS, Adapter
 from scenarios import SELECT_1, _timed_ops
 
-POOLS = ["no-pool", "bare-fifo", "psycopg2-threaded", "ours", "ours-with"]
+POOLS = ["no-pool", "bare-fifo", "bare-fifo-handle", "psycopg2-threaded", "ours", "ours-with"]
 EXTRA_WORK_US = [0.5, 1.0, 1.5, 2.0, 3.0]
 TARGET = 1.10
 
