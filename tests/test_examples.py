@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -120,17 +121,31 @@ def test_gunicorn_preload_threaded_workers(dsn: str) -> None:
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    assert process.stdout is not None
+
+    def read(stream: Any = process.stdout) -> None:
+        for line in stream:  # one at a time: up() looks at them as they come
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    failure: BaseException | None = None
     try:
 
         def up() -> bool:
-            assert process.poll() is None, process.communicate()[0]
+            assert process.poll() is None, "".join(lines)
+            # Both workers booted: a worker still booting when the master is told
+            # to stop misses the signal and holds the master for 30 s.
+            if sum("Booting worker" in line for line in list(lines)) < 2:
+                return False
             try:
                 get(url + "/stats")
             except (urllib.error.URLError, ConnectionError):
                 return False
             return True
 
-        wait_for(up, timeout=30, interval=0.1, message="gunicorn to answer")
+        wait_for(up, timeout=30, interval=0.1, message="gunicorn's two workers to answer")
         with ThreadPoolExecutor(8) as executor:
             answers = list(executor.map(lambda _: get(url + "/"), range(40)))
         assert len(answers) == 40
@@ -145,13 +160,19 @@ def test_gunicorn_preload_threaded_workers(dsn: str) -> None:
             assert not first & second
         stats = get(url + "/stats")
         assert stats["pool_size"] <= 8
+    except BaseException as exc:
+        failure = exc
     finally:
         process.send_signal(signal.SIGTERM)
         try:
-            output = process.communicate(timeout=30)[0]
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-            output = process.communicate()[0]
+            process.wait()
+        reader.join(10)
+        output = "".join(lines)
+    # What the app and gunicorn logged is the only clue to a failed request.
+    assert failure is None, f"{failure!r}\ngunicorn's output:\n{output}"
     assert process.returncode == 0, output
     assert "Traceback" not in output, output
     # Workers and master closed their pools: no server connection is left.
