@@ -567,31 +567,43 @@ def select_one(conn: Any) -> Any:
 
 
 def run_in_a_thread_with_ident(target: Callable[[], None], ident: int, reused: bool) -> bool:
-    """Run ``target`` in a new thread whose ident is ``ident`` (reused) or is not; threads
-    with the wrong ident end at once. False if no such thread turned up."""
-    parked = threading.Event()
-    # A live thread holding the ident (glibc reuses the dead thread's stack) keeps it
-    # away from the candidates.
-    parker = None if reused else threading.Thread(target=parked.wait, daemon=True)
-    if parker is not None:
-        parker.start()
+    """Run ``target`` in a new thread whose ident is ``ident`` (reused) or is not.
+
+    A thread's ident is the address of its stack, and glibc gives a new thread
+    the stack a finished one left, latest first. So a candidate with the wrong
+    ident stays parked until the end: the next candidate then gets another
+    stack, and the search walks through the cached ones instead of getting the
+    same one back each time. False if no such thread turned up in 100 tries.
+    """
+    release = threading.Event()
+    parked: list[threading.Thread] = []
+    ran: list[bool] = []
+
+    def candidate(decided: threading.Event) -> None:
+        if (threading.get_ident() == ident) == reused:
+            ran.append(True)
+            decided.set()
+            target()
+        else:
+            decided.set()
+            release.wait()
+
     try:
-        ran: list[bool] = []
-
-        def candidate() -> None:
-            if (threading.get_ident() == ident) == reused:
-                ran.append(True)
-                target()
-
-        for _ in range(50):
-            run_in_thread(candidate)
+        for _ in range(100):
+            decided = threading.Event()
+            thread = threading.Thread(target=candidate, args=(decided,), daemon=True)
+            thread.start()
+            assert decided.wait(15), "a candidate thread never started"
             if ran:
+                thread.join(15)
+                assert not thread.is_alive(), "the thread did not finish"
                 return True
+            parked.append(thread)
         return False
     finally:
-        parked.set()
-        if parker is not None:
-            parker.join()
+        release.set()
+        for thread in parked:
+            thread.join(15)
 
 
 def dead_thread_observations(pool_class: Any, dsn: str, table: str, reused: bool) -> dict[str, Any]:
