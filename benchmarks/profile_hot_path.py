@@ -16,48 +16,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable
 
 from environment import benchmark_server, default_cpu
-from peers import CountedConnection  # autocommit, as in the suite: no ROLLBACK on return
+from peers import ADAPTERS, opened
 from pyinstrument import Profiler
+from scenarios import SELECT_1, _timed_ops
 
-from psycopg2_pool import ConnectionPool  # on sys.path once environment is imported
-
-
-def _request(pool: ConnectionPool, form: str, query: bool) -> Callable[[], None]:
-    getconn, putconn, connection = pool.getconn, pool.putconn, pool.connection
-
-    def select(conn: Any) -> None:
-        cur = conn.cursor()
-        cur.execute("SELECT 1")
-        cur.fetchone()
-
-    if form == "with":
-        if query:
-
-            def request() -> None:
-                with connection() as conn:
-                    select(conn)
-        else:
-
-            def request() -> None:
-                with connection():
-                    pass
-    elif query:
-
-        def request() -> None:
-            conn = getconn()
-            try:
-                select(conn)
-            finally:
-                putconn(conn)
-    else:
-
-        def request() -> None:
-            putconn(getconn())
-
-    return request
+BATCH = 1000  # requests per call between two looks at the clock
 
 
 def main() -> None:
@@ -71,30 +36,21 @@ def main() -> None:
     parser.add_argument("--no-pin", action="store_true", help="do not pin client and server")
     args = parser.parse_args()
 
+    # The suite's own adapter and request loop: the same pool, connections and code path.
+    adapter = ADAPTERS["ours-with" if args.form == "with" else "ours"]()
+    query = None if args.no_query else SELECT_1
     server = benchmark_server(args.dsn, None if args.no_pin else default_cpu())
-    with (
-        server as target,
-        ConnectionPool(
-            target.dsn, min_size=1, max_size=1, connection_class=CountedConnection
-        ) as pool,
-    ):
-        pool.wait()
-        request = _request(pool, args.form, not args.no_query)
-        for _ in range(10_000):  # warm caches and the adaptive interpreter
-            request()
+    with server as target, opened(adapter, target.dsn, 1, 1):
+        _timed_ops(adapter, query, 10_000)  # warm caches and the adaptive interpreter
         profiler = Profiler(interval=args.interval)
         requests = 0
         deadline = time.perf_counter() + args.seconds
         profiler.start()
         while time.perf_counter() < deadline:
-            for _ in range(1000):
-                request()
-            requests += 1000
+            _timed_ops(adapter, query, BATCH)
+            requests += BATCH
         profiler.stop()
-    print(
-        f"{requests:,} requests ({args.form}, {'no query' if args.no_query else 'SELECT 1'});"
-        f" {target.pinning}"
-    )
+    print(f"{requests:,} requests ({args.form}, {query or 'no query'}); {target.pinning}")
     print(profiler.output_text(unicode=True, color=False, show_all=True))
     if args.html:
         with open(args.html, "w") as out:

@@ -68,6 +68,10 @@ def _document(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
+def _s2_line(doc: dict[str, Any]) -> str:
+    return next(c.line() for c in report.targets(doc) if c.text.startswith("S2 ours "))
+
+
 def test_a_failed_s2_target_shows_the_floors_measured_beside_it() -> None:
     doc = _document(
         {
@@ -79,7 +83,7 @@ def test_a_failed_s2_target_shows_the_floors_measured_beside_it() -> None:
             }
         }
     )
-    line = next(c.line() for c in report.targets(doc) if c.text.startswith("S2 ours "))
+    line = _s2_line(doc)
     assert line.startswith("FAIL")
     assert "1.300x" in line
     assert "bare FIFO pool (no handle) 1.050x" in line
@@ -96,7 +100,7 @@ def test_a_passed_target_carries_no_floors() -> None:
             }
         }
     )
-    line = next(c.line() for c in report.targets(doc) if c.text.startswith("S2 ours "))
+    line = _s2_line(doc)
     assert line.startswith("PASS")
     assert "in this run" not in line
 
