@@ -659,6 +659,7 @@ class Report:
     verdicts: dict[str, Verdict]
     flaky_baseline: list[str]
     flaky_alias: list[str]
+    versions: dict[str, str] = field(default_factory=dict)
 
     def per_file(self) -> dict[str, Counter[str]]:
         table: dict[str, Counter[str]] = defaultdict(Counter)
@@ -692,6 +693,7 @@ class Report:
             tests[nodeid] = entry
         return {
             "checkout": self.checkout,
+            "versions": self.versions,
             "files": {name: dict(row) for name, row in self.per_file().items()},
             "flaky_on_psycopg_pool": self.flaky_baseline,
             "flaky_with_alias": self.flaky_alias,
@@ -711,6 +713,7 @@ class Report:
         table = self.per_file()
         width = max(len("total"), *(len(Path(name).name) for name in table))
         print(f"psycopg tests/pool/ from {self.checkout}")
+        print(", ".join(f"{name} {version}" for name, version in self.versions.items()))
         print(f"{'file':<{width}}  " + "  ".join(f"{h:>12}" for h in headers))
         total: Counter[str] = Counter()
         for name, row in table.items():
@@ -815,7 +818,31 @@ def build_report(args: argparse.Namespace, checkout: Path, workdir: Path) -> Rep
                     aliased[nodeid] = outcome
                     del verdicts[nodeid]
                     flaky_alias.append(nodeid)
-    return Report(str(checkout), baseline, aliased, verdicts, flaky_baseline, flaky_alias)
+    return Report(
+        str(checkout),
+        baseline,
+        aliased,
+        verdicts,
+        flaky_baseline,
+        flaky_alias,
+        versions(checkout),
+    )
+
+
+def versions(checkout: Path) -> dict[str, str]:
+    """The versions in play: the checkout's psycopg_pool, and what is installed."""
+    from importlib import metadata
+
+    found = {}
+    project = checkout / "psycopg_pool" / "pyproject.toml"
+    text = project.read_text() if project.exists() else ""
+    match = re.search(r'^version = "([^"]+)"', text, re.MULTILINE)
+    if match:
+        found["tests of psycopg_pool"] = match.group(1)
+    for dist in ("psycopg-pool", "psycopg", "psycopg2-binary", "psycopg2"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[f"installed {dist}"] = metadata.version(dist)
+    return found
 
 
 def _timing(outcome: Outcome) -> bool:
