@@ -21,7 +21,8 @@ and traceback alone:
   points at behaviour of psycopg2_pool to look at.
 
 Tests that psycopg marks as timing-based or flakey and that fail "otherwise" (or
-on the baseline) are run a second time, alone, so that the load of the first run
+on the baseline), and tests that fail only in teardown, are run a second time on
+their own, so that the load of the first run, or garbage left by an earlier test,
 does not count against them; those that pass then are reported as flaky.
 
 The module fetches nothing and starts nothing when imported; with no ``--dsn``
@@ -170,7 +171,11 @@ def run_tests(
         collected, outcomes = read_records(records)
         if collected is None:
             break
-        unfinished = [n for n in collected if outcomes.get(n, Outcome(n)).status == "crashed"]
+        unfinished = [
+            n
+            for n in collected
+            if n not in stopped and outcomes.get(n, Outcome(n)).status == "crashed"
+        ]
         if not unfinished:
             break
         # The first test without a complete record is the one the run died on.
@@ -185,7 +190,7 @@ def run_tests(
             file=sys.stderr,
         )
         done = [n for n in collected if n in outcomes and outcomes[n].status != "crashed"]
-        skip_file.write_text("".join(f"{n}\n" for n in [*done, culprit]))
+        skip_file.write_text("".join(f"{n}\n" for n in [*done, *stopped]))
     collected, outcomes = read_records(records)
     if collected is None:
         tail = log.read_text()[-3000:]
@@ -790,7 +795,7 @@ def build_report(args: argparse.Namespace, checkout: Path, workdir: Path) -> Rep
         aliased = run_tests(checkout, dsn, alias=True, label="alias", extra=extra, **common)
 
         flaky_baseline = []
-        again = [n for n, o in baseline.items() if o.status == "failed" and _timing(o)]
+        again = [n for n, o in baseline.items() if o.status == "failed" and _worth_again(o)]
         if again and args.rerun:
             print(f"running {len(again)} baseline failures again...", file=sys.stderr)
             rerun = run_tests(
@@ -809,15 +814,21 @@ def build_report(args: argparse.Namespace, checkout: Path, workdir: Path) -> Rep
             and aliased.get(nodeid, Outcome(nodeid)).status not in ("passed", "skipped")
         }
         flaky_alias = []
-        again = [n for n, v in verdicts.items() if v.column == OTHERWISE and _timing(aliased[n])]
+        again = [
+            n
+            for n, v in verdicts.items()
+            if _worth_again(aliased[n]) and (v.column == OTHERWISE or _teardown_only(aliased[n]))
+        ]
         if again and args.rerun:
-            print(f"running {len(again)} 'otherwise' failures again...", file=sys.stderr)
+            print(f"running {len(again)} failures with the alias again...", file=sys.stderr)
             rerun = run_tests(checkout, dsn, alias=True, label="alias-again", only=again, **common)
             for nodeid, outcome in rerun.items():
+                aliased[nodeid] = outcome
                 if outcome.status == "passed":
-                    aliased[nodeid] = outcome
                     del verdicts[nodeid]
                     flaky_alias.append(nodeid)
+                else:  # judged again on the run with fewer tests around it
+                    verdicts[nodeid] = classifier.classify(outcome)
     return Report(
         str(checkout),
         baseline,
@@ -845,10 +856,16 @@ def versions(checkout: Path) -> dict[str, str]:
     return found
 
 
-def _timing(outcome: Outcome) -> bool:
-    """Whether psycopg marks the test as timing-based or flakey: worth a second try."""
+def _worth_again(outcome: Outcome) -> bool:
+    """Whether a failure may not be the test's own: psycopg marks it timing-based or
+    flakey, or it failed only in teardown (where an exception raised while
+    collecting garbage may come from an earlier test)."""
     marks = {mark for failure in outcome.failures for mark in failure.get("markers", [])}
-    return bool(marks & RERUN_MARKERS)
+    return bool(marks & RERUN_MARKERS) or _teardown_only(outcome)
+
+
+def _teardown_only(outcome: Outcome) -> bool:
+    return bool(outcome.failures) and all(f["when"] == "teardown" for f in outcome.failures)
 
 
 def main(argv: list[str] | None = None) -> int:
