@@ -39,7 +39,9 @@ import psycopg2
 from psycopg2 import extensions as _ext
 
 from . import stats as S
+from ._connect_options import split_options
 from .async_connection import (
+    _AUTOCOMMIT,
     AsyncConnection,
     AsyncPooledConnection,
     _run,
@@ -654,13 +656,20 @@ class AsyncConnectionPool(ConnectionPool):
         arguments = self._connect_arguments(conninfo, kwargs)
         started = self._connect_attempt()
         try:
-            options = {key: value for key, value in arguments.items() if key != "dsn"}
+            libpq_arguments, options = split_options(arguments)
+            dsn = libpq_arguments.pop("dsn")
             conn = await connect(
-                arguments["dsn"],
+                dsn,
                 connection_factory=self.connection_class,
                 timeout=connect_timeout,
-                **options,
+                **libpq_arguments,
             )
+            if options.cursor_factory is not None:
+                conn.cursor_factory = options.cursor_factory
+            if options.autocommit:
+                # psycopg2's asynchronous connections always autocommit; it is
+                # the wrapper that opens transactions, unless told not to.
+                _AUTOCOMMIT.add(conn)
         except Exception as exc:
             raise self._connect_error(exc, arguments) from None
         except BaseException:  # cancelled: still an attempt that failed

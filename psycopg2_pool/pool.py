@@ -25,6 +25,7 @@ import psycopg2
 from psycopg2 import extensions as _ext
 
 from . import stats as S
+from ._connect_options import split_options
 from ._masking import mask_dsn, mask_text, scrubbed, secrets_in
 from ._watchdog import readable_fds, run_bounded, socket_alive
 from .engine import (
@@ -207,6 +208,9 @@ class ConnectionPool(AbstractConnectionPool):
         self.conninfo = conninfo
         self.kwargs = kwargs
         self._connect_kwargs = connect_kwargs
+        if not callable(kwargs):
+            # psycopg 3 options psycopg2 cannot honour fail here, not in a worker.
+            split_options({**connect_kwargs, **(kwargs or {})})
         self.connection_class = connection_class
         self._configure = configure
         self._check = check
@@ -872,9 +876,14 @@ class ConnectionPool(AbstractConnectionPool):
         arguments = self._connect_arguments(conninfo, kwargs, connect_timeout)
         started = self._connect_attempt()
         try:
+            libpq_arguments, options = split_options(arguments)
             conn: Connection = psycopg2.connect(
-                connection_factory=self.connection_class, **arguments
+                connection_factory=self.connection_class,
+                cursor_factory=options.cursor_factory,
+                **libpq_arguments,
             )
+            if options.autocommit:
+                conn.autocommit = True
         except Exception as exc:
             raise self._connect_error(exc, arguments) from None
         now = monotonic()

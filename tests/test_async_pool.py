@@ -367,6 +367,39 @@ def test_autocommit(target):
     run(main())
 
 
+def test_autocommit_in_kwargs_gives_autocommit_connections(target):
+    async def main() -> None:
+        pool = make(target, min_size=1, kwargs={"autocommit": True})
+        async with pool, pool.connection() as conn:
+            assert conn.autocommit is True
+            await conn.execute("select 1")
+            assert conn.get_transaction_status() == IDLE  # no BEGIN sent
+
+    run(main())
+
+
+def test_autocommit_in_kwargs_of_null_pool_gives_autocommit_connections(target):
+    async def main() -> None:
+        pool = make(target, AsyncNullConnectionPool, autocommit=True)
+        async with pool, pool.connection() as conn:
+            assert conn.autocommit is True
+
+    run(main())
+
+
+def test_cursor_factory_in_kwargs_is_the_connections_default(target):
+    import psycopg2.extras
+
+    async def main() -> None:
+        factory = psycopg2.extras.RealDictCursor
+        pool = make(target, min_size=1, kwargs={"cursor_factory": factory})
+        async with pool, pool.connection() as conn:
+            cur = await conn.execute("select 1 as x")
+            assert await cur.fetchone() == {"x": 1}
+
+    run(main())
+
+
 def test_async_mode_limitations_raise_clearly(target):
     async def main() -> None:
         async with make(target, min_size=1) as pool, pool.connection() as conn:

@@ -82,3 +82,9 @@ def test_max_size_caps_concurrency_and_waiter_gets_returned_connection(make_pool
 def test_min_size_not_zero_raises(dsn):
     with pytest.raises(ValueError, match="min_size"):
         NullConnectionPool(dsn, min_size=1, open=False)
+
+
+def test_autocommit_in_kwargs_gives_autocommit_connections(make_pool):
+    pool, _, _ = make_pool(kwargs={"autocommit": True})
+    with pool.connection() as conn:
+        assert conn.autocommit is True

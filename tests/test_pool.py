@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -540,6 +541,66 @@ def test_extra_keywords_go_to_connect(dsn):
     with ConnectionPool(dsn, min_size=1, open=True, application_name=name) as pool:
         pool.wait(5)
         assert len(backends(dsn, name)) == 1
+
+
+def test_autocommit_in_kwargs_gives_autocommit_connections(make_pool):
+    # psycopg_pool's documented idiom: psycopg 3's connect() option, not libpq's.
+    pool, _, _ = make_pool(min_size=1, kwargs={"autocommit": True})
+    with pool.connection() as conn:
+        assert conn.autocommit is True
+        conn.execute("SELECT 1")
+        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+def test_autocommit_as_extra_keyword_gives_autocommit_connections(make_pool):
+    pool, _, _ = make_pool(min_size=1, autocommit=True)
+    with pool.connection() as conn:
+        assert conn.autocommit is True
+
+
+def test_autocommit_from_callable_kwargs_gives_autocommit_connections(make_pool):
+    pool, _, _ = make_pool(min_size=1, kwargs=lambda: {"autocommit": True})
+    with pool.connection() as conn:
+        assert conn.autocommit is True
+
+
+def test_autocommit_connection_sees_configure_in_autocommit(make_pool):
+    # As in psycopg 3, the connection is in autocommit before configure runs.
+    seen: list[bool] = []
+    pool, _, _ = make_pool(
+        min_size=1, kwargs={"autocommit": True}, configure=lambda c: seen.append(c.autocommit)
+    )
+    pool.wait(5)
+    assert seen == [True]
+
+
+def test_prepare_threshold_is_accepted_and_changes_nothing(make_pool):
+    # psycopg2 never prepares statements on the server: any threshold holds.
+    pool, _, _ = make_pool(min_size=1, kwargs={"prepare_threshold": 0})
+    with pool.connection() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_cursor_factory_in_kwargs_is_the_connections_default(make_pool):
+    import psycopg2.extras
+
+    pool, _, _ = make_pool(min_size=1, kwargs={"cursor_factory": psycopg2.extras.RealDictCursor})
+    with pool.connection() as conn:
+        assert conn.execute("SELECT 1 AS x").fetchone() == {"x": 1}
+
+
+@pytest.mark.parametrize("option", ["row_factory", "context"])
+def test_psycopg3_option_without_psycopg2_counterpart_is_refused_at_once(dsn, option):
+    with pytest.raises(psycopg2.NotSupportedError, match=f"{option} is a psycopg 3 option"):
+        ConnectionPool(dsn, open=False, kwargs={option: object()})
+
+
+def test_unknown_keyword_still_reaches_libpq_and_fails(make_pool, caplog):
+    caplog.set_level(logging.WARNING, logger="psycopg2_pool")
+    pool, _, _ = make_pool(min_size=0, max_size=1, kwargs={"no_such_option": 1}, timeout=1)
+    with pytest.raises(PoolTimeout):
+        pool.getconn()
+    assert 'invalid connection option "no_such_option"' in caplog.text
 
 
 # -- stats, names, repr ----------------------------------------------------------
