@@ -701,11 +701,16 @@ class AsyncConnectionPool(ConnectionPool):
     # -- maintenance ----------------------------------------------------------------
 
     async def check(self) -> None:  # type: ignore[override]
-        """Check the idle connections now; replace those that fail."""
+        """Check the idle connections now; replace those that fail.
+
+        A pool below ``min_size`` (its reconnection attempts gave up, say)
+        starts growing back to it.
+        """
         with self._mutex:
             conns = self._pool[:]
             self._pool.clear()
             self._pending += len(conns)
+            self._grow_to_min_size()
         for conn in conns:
             life = self._lives.get(id(conn))
             ok = life is not None and life.expires > monotonic()

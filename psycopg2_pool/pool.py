@@ -591,6 +591,11 @@ class ConnectionPool(AbstractConnectionPool):
             # connect time, and open one only if clients are still waiting.
             self._workers.schedule(self._connect_time, self._grow_if_still_needed)
 
+    def _grow_to_min_size(self) -> None:
+        """Under the lock: if below ``min_size``, grow back to it (one at a time)."""
+        if self._size() < self.minconn:
+            self._grow()
+
     def _start_growing(self) -> None:
         assert self._workers is not None
         self._pending += 1
@@ -1096,11 +1101,16 @@ class ConnectionPool(AbstractConnectionPool):
             self._start_filling()
 
     def check(self) -> None:
-        """Check the idle connections now; replace those that fail."""
+        """Check the idle connections now; replace those that fail.
+
+        A pool below ``min_size`` (its reconnection attempts gave up, say)
+        starts growing back to it.
+        """
         with self._mutex:
             conns = self._pool[:]
             self._pool.clear()
             self._pending += len(conns)
+            self._grow_to_min_size()
         now = monotonic()
         for conn in conns:
             life = self._lives.get(id(conn))

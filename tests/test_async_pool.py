@@ -655,6 +655,28 @@ def test_check_drain_resize_and_stats(target):
     run(main())
 
 
+def test_check_refills_a_pool_that_fell_below_min_size(target):
+    async def main() -> None:
+        gave_up: list[Any] = []
+        current = {"dsn": unreachable_dsn()}
+        pool = AsyncConnectionPool(
+            lambda: current["dsn"],
+            min_size=2,
+            open=False,
+            reconnect_timeout=0.2,
+            reconnect_failed=gave_up.append,
+        )
+        async with pool:
+            await eventually(lambda: len(gave_up) == 2, timeout=10)
+            assert pool.get_stats()["pool_size"] == 0
+            current["dsn"] = target.dsn
+            await pool.check()
+            await eventually(lambda: pool.get_stats()["pool_available"] == 2)
+            assert len(await in_thread(target.backends)) == 2
+
+    run(main())
+
+
 def test_usage_ms_adds_up_blocks_under_a_millisecond(target):
     # Each block is well under 1 ms: rounded down one by one, they would add up to 0.
     async def main() -> dict[str, int]:

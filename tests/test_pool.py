@@ -483,6 +483,30 @@ def test_check_replaces_terminated_idle_connections(make_pool):
     assert not set(backends(pdsn, name)) & old
 
 
+def test_check_refills_a_pool_that_fell_below_min_size(dsn):
+    # Reconnection gives up while the server is unreachable: the pool stays
+    # below min_size until check() (as in psycopg_pool) grows it back.
+    name = app_name()
+    target = {"dsn": unreachable_dsn(name)}
+    gave_up = threading.Semaphore(0)
+    pool = ConnectionPool(
+        lambda: target["dsn"],
+        min_size=2,
+        open=True,
+        reconnect_timeout=0.2,
+        reconnect_failed=lambda p: gave_up.release(),
+    )
+    try:
+        assert gave_up.acquire(timeout=10) and gave_up.acquire(timeout=10)
+        assert pool.get_stats()["pool_size"] == 0
+        target["dsn"] = dsn_with(dsn, application_name=name)
+        pool.check()
+        wait_for(lambda: pool.get_stats()["pool_available"] == 2, timeout=5)
+        assert len(backends(dsn, name)) == 2
+    finally:
+        pool.close()
+
+
 def test_drain_replaces_all_connections(make_pool):
     pool, pdsn, name = make_pool(min_size=2)
     pool.wait(5)
