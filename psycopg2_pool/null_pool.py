@@ -6,14 +6,18 @@ is waiting for it; ``max_size`` still caps how many are open at once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 from typing import Any
 
 from .engine import Waiter
 from .errors import PoolTimeout
 from .pool import ConnectionPool
+from .workers import Backoff
 
 __all__ = ["NullConnectionPool"]
+
+logger = logging.getLogger("psycopg2_pool")
 
 
 class NullConnectionPool(ConnectionPool):
@@ -58,7 +62,41 @@ class NullConnectionPool(ConnectionPool):
         return self._enqueue(key)
 
     def _replace(self) -> None:
-        pass
+        """A connection was closed rather than handed over: open one for the
+        clients waiting, if any (nobody else will)."""
+        with self._mutex:
+            if self.closed or self._workers is None or not self._waiters:
+                return
+            if self._size() >= self._limit:
+                return
+            self._pending += 1
+            self._workers.submit(self._add_connection)
+
+    def _add_connection(self, attempt: Backoff | None = None, growing: bool = False) -> None:
+        """Worker task: open a connection for the longest waiting client."""
+        try:
+            conn = self._new_connection()
+        except Exception as exc:
+            self._connect_failed(exc, attempt, growing)
+            return
+        with self._mutex:
+            self._pending -= 1
+            handed = not self.closed and bool(self._waiters)
+            if handed:
+                self._release(conn)
+        if not handed:
+            self._drop(conn)  # its client gave up meanwhile: a null pool keeps nothing
+
+    def _connect_failed(self, exc: Exception, attempt: Backoff | None, growing: bool) -> None:
+        with self._mutex:
+            abandoned = not self._waiters
+            if abandoned:
+                self._pending -= 1
+        if abandoned:
+            # Nobody waits for this connection any more: no retry.
+            logger.warning("error connecting in %r: %s", self.name, self._masked(exc))
+            return
+        super()._connect_failed(exc, attempt, growing)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Check that a connection can be made, within ``timeout`` seconds."""

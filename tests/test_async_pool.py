@@ -1070,6 +1070,37 @@ def test_null_pool_keeps_nothing_and_caps_concurrency(target):
     run(main())
 
 
+@pytest.mark.parametrize("cause", ["expired", "broken", "reset-failed"])
+def test_null_pool_waiting_client_served_when_returned_connection_is_closed(target, cause):
+    async def reset(conn: Any) -> None:
+        raise RuntimeError("reset refuses every connection")
+
+    settings: dict[str, Any] = {
+        "expired": {"max_lifetime": 0.2},
+        "broken": {},
+        "reset-failed": {"reset": reset},
+    }[cause]
+
+    async def main() -> None:
+        async with make(target, AsyncNullConnectionPool, max_size=1, **settings) as pool:
+            conn = await pool.getconn()
+            waiting = asyncio.create_task(pool.getconn(timeout=5))
+            await eventually(lambda: pool.get_stats()["requests_waiting"] == 1)
+            if cause == "expired":
+                await asyncio.sleep(0.3)
+            elif cause == "broken":
+                await in_thread(terminate_backends, target.admin_dsn, target.name)
+                with pytest.raises(psycopg2.OperationalError):
+                    await conn.execute("select 1")
+            await pool.putconn(conn)
+            served = await waiting
+            cur = await served.execute("select 1")
+            assert await cur.fetchone() == (1,)
+            await pool.putconn(served)
+
+    run(main())
+
+
 def test_null_pool_wait_on_unreachable_server():
     async def main() -> None:
         pool = AsyncNullConnectionPool(unreachable_dsn(), open=False)

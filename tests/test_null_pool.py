@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, Callable
 
+import psycopg2
 import pytest
+from psycopg2.extensions import parse_dsn
 
-from psycopg2_pool import NullConnectionPool
-from tests.helpers import app_name, backends, dsn_with, wait_for
+from psycopg2_pool import NullConnectionPool, PoolTimeout
+from tests.helpers import app_name, backends, dsn_with, terminate_backends, wait_for
+from tests.tcpproxy import TcpProxy
 
 
 @pytest.fixture
@@ -77,6 +81,91 @@ def test_max_size_caps_concurrency_and_waiter_gets_returned_connection(make_pool
     assert got == [pid_b]
     pool.putconn(a)
     wait_for(lambda: backends(pdsn, name) == [])
+
+
+def _expire(pool: NullConnectionPool, conn: Any, pdsn: str, name: str) -> None:
+    time.sleep(0.3)  # past max_lifetime
+
+
+def _break(pool: NullConnectionPool, conn: Any, pdsn: str, name: str) -> None:
+    terminate_backends(pdsn, name)
+    with pytest.raises(psycopg2.OperationalError):
+        conn.execute("SELECT 1")
+
+
+def _fail_reset(pool: NullConnectionPool, conn: Any, pdsn: str, name: str) -> None:
+    conn.execute("SET application_name = 'fail-reset'")
+    conn.commit()
+
+
+def _reset(conn: Any) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SHOW application_name")
+        if cur.fetchone()[0] == "fail-reset":
+            raise RuntimeError("reset refuses this connection")
+
+
+@pytest.mark.parametrize(
+    "spoil, settings",
+    [
+        (_expire, {"max_lifetime": 0.2}),
+        (_break, {}),
+        (_fail_reset, {"reset": _reset}),
+    ],
+    ids=["expired", "broken", "reset-failed"],
+)
+def test_waiting_client_served_when_returned_connection_is_closed(make_pool, spoil, settings):
+    # The connection comes back unusable: instead of handing it over, the pool
+    # closes it and must open another for the client in line.
+    pool, pdsn, name = make_pool(max_size=1, timeout=5, **settings)
+    conn = pool.getconn()
+    got: list[Any] = []
+
+    def client() -> None:
+        try:
+            with pool.connection() as c:
+                got.append(c.execute("SELECT 1").fetchone())
+        except Exception as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=client)
+    t.start()
+    wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
+    spoil(pool, conn, pdsn, name)
+    pool.putconn(conn)
+    t.join(10)
+    assert got == [(1,)]
+
+
+def test_connection_opened_for_a_client_that_gave_up_is_closed(dsn):
+    params = parse_dsn(dsn)
+    host = params.get("host", "")
+    if not host or host.startswith("/"):
+        pytest.skip("the test server is not reached over TCP")
+    with TcpProxy(host, int(params.get("port", 5432)), connect_delay=0.5) as proxy:
+        name = app_name()
+        pdsn = dsn_with(dsn, host="127.0.0.1", port=proxy.port, application_name=name)
+        with NullConnectionPool(pdsn, max_size=1, max_lifetime=0.3, open=True) as pool:
+            conn = pool.getconn()
+            time.sleep(0.35)  # conn has expired
+            gave_up: list[BaseException] = []
+
+            def client() -> None:
+                try:
+                    pool.getconn(timeout=0.3)
+                except PoolTimeout as exc:
+                    gave_up.append(exc)
+
+            t = threading.Thread(target=client)
+            t.start()
+            wait_for(lambda: pool.get_stats()["requests_waiting"] == 1)
+            pool.putconn(conn)  # closed; a new one is opened for the client in line...
+            t.join(5)
+            assert gave_up  # ...who leaves before it arrives
+            wait_for(lambda: pool.get_stats()["connections_num"] == 2, timeout=3)
+            wait_for(lambda: pool.get_stats()["pool_size"] == 0)
+            assert pool.get_stats()["pool_available"] == 0
+            wait_for(lambda: backends(dsn, name) == [])
 
 
 def test_min_size_not_zero_raises(dsn):
