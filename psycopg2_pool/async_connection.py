@@ -262,17 +262,20 @@ async def connect(
 ) -> Connection:
     """Open a psycopg2 asynchronous connection without blocking the loop.
 
-    ``timeout`` (or ``connect_timeout`` in the DSN: libpq does not enforce it
-    in asynchronous mode) bounds the whole attempt. The connection is closed
-    if the attempt fails or the task is cancelled.
+    ``timeout`` and ``connect_timeout`` in the DSN (libpq does not enforce it
+    in asynchronous mode), whichever is shorter, bound the whole attempt. The
+    connection is closed if the attempt fails or the task is cancelled.
     """
     params = _ext.parse_dsn(_ext.make_dsn(dsn, **kwargs))
     params = await _resolve_hosts(params)
-    if timeout is None and params.get("connect_timeout"):
+    if params.get("connect_timeout"):
         try:
-            timeout = max(float(params["connect_timeout"]), 2.0)
+            seconds = float(params["connect_timeout"])
         except ValueError:
-            timeout = None
+            seconds = 0.0
+        if seconds > 0:  # 0 (or less) means no limit, as for libpq
+            seconds = max(seconds, 2.0)
+            timeout = seconds if timeout is None else min(timeout, seconds)
     deadline = None if timeout is None or timeout <= 0 else monotonic() + timeout
     factory = connection_factory if connection_factory is not None else Connection
     conn: Connection = psycopg2.connect(

@@ -500,18 +500,28 @@ class AsyncConnectionPool(ConnectionPool):
                     self._stats[S.REQUESTS_ERRORS] += 1
         return super()._wait(waiter, timeout)
 
-    def _open_for(self, key: Hashable) -> Any:
-        return self._open_for_async(key)
+    def _open_for(self, key: Hashable, timeout: float | None = None) -> Any:
+        return self._open_for_async(key, timeout)
 
-    async def _open_for_async(self, key: Hashable) -> Connection:
+    async def _open_for_async(self, key: Hashable, timeout: float | None) -> Connection:
+        # The null pool's clients connect themselves, within their timeout.
+        deadline = None if timeout is None else monotonic() + timeout
         try:
-            conn = await self._new_connection_async()
-        except BaseException:
+            conn = await self._new_connection_async(connect_timeout=timeout)
+        except BaseException as exc:
+            error = None
             with self._mutex:
                 self._pending -= 1
+                if deadline is not None and monotonic() >= deadline:
+                    error = self._timeout_error(None, timeout)
+            if isinstance(exc, Exception):
+                self._replace()  # the slot is free again: maybe for a client in line
+                if error is not None:
+                    raise error from exc
             raise
         self._prepared = conn
-        return super()._open_for(key)
+        # The engine's filing (not the sync null pool's, which connects on a thread).
+        return AbstractConnectionPool._open_for(self, key)
 
     async def _checked_async(self, conn: Connection, deadline: float, timeout: float) -> Connection:
         """Run the ``check`` callback; replace connections that fail it.

@@ -244,11 +244,15 @@ class AbstractConnectionPool:
         finally:
             mutex.release()
         if waiter is None:
-            return self._open_for(key)
+            return self._open_for(key, timeout)
         return self._wait(waiter, timeout)
 
-    def _open_for(self, key: Hashable) -> Connection:
-        """Connect for ``key`` in a slot reserved by :meth:`_when_empty`."""
+    def _open_for(self, key: Hashable, timeout: float | None = None) -> Connection:
+        """Connect for ``key`` in a slot reserved by :meth:`_when_empty`.
+
+        ``timeout`` is the client's; here it is not enforced (no legacy pool
+        has one): pools whose clients connect themselves bound the attempt.
+        """
         try:
             conn = self._connect(key)
         finally:

@@ -7,10 +7,11 @@ is waiting for it; ``max_size`` still caps how many are open at once.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Hashable
 from typing import Any
 
-from .engine import Waiter
+from .engine import FOREVER, Connection, Waiter
 from .errors import PoolTimeout
 from .pool import ConnectionPool
 from .workers import Backoff
@@ -18,6 +19,47 @@ from .workers import Backoff
 __all__ = ["NullConnectionPool"]
 
 logger = logging.getLogger("psycopg2_pool")
+
+
+class _Attempt:
+    """A connection attempt on a thread of its own, which its client may stop waiting for.
+
+    Whoever comes second, the thread with the outcome or the client giving
+    up, learns it from :meth:`finish` or :meth:`give_up`: the thread then
+    disposes of the outcome itself.
+    """
+
+    __slots__ = ("_arrived", "_lock", "conn", "error", "state")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrived = threading.Lock()
+        self._arrived.acquire()
+        self.state = "running"
+        self.conn: Connection | None = None
+        self.error: BaseException | None = None
+
+    def finish(self, conn: Connection | None, error: BaseException | None) -> bool:
+        """The thread: hand the outcome over; False if the client has gone."""
+        with self._lock:
+            if self.state == "abandoned":
+                return False
+            self.state = "done"
+            self.conn, self.error = conn, error
+        self._arrived.release()
+        return True
+
+    def wait(self, timeout: float) -> None:
+        """The client: wait up to ``timeout`` seconds for the outcome."""
+        self._arrived.acquire(True, max(timeout, 0.0))
+
+    def give_up(self) -> bool:
+        """The client: stop waiting; False if the outcome is here (it is the client's)."""
+        with self._lock:
+            if self.state == "done":
+                return False
+            self.state = "abandoned"
+            return True
 
 
 class NullConnectionPool(ConnectionPool):
@@ -60,6 +102,72 @@ class NullConnectionPool(ConnectionPool):
             self._pending += 1
             return None  # the client connects (psycopg_pool does the same)
         return self._enqueue(key)
+
+    def _open_for(self, key: Hashable, timeout: float | None = None) -> Connection:
+        """Connect for ``key`` (its slot is reserved), within the client's ``timeout``.
+
+        libpq bounds an attempt only in whole seconds per address tried, and a
+        server that accepts and never answers holds it that long or for good:
+        the attempt runs on a thread of its own and the client stops waiting
+        for it at its deadline. A late connection goes to a client in line, or
+        is closed.
+        """
+        if timeout is None or timeout >= FOREVER:
+            return super()._open_for(key)
+        attempt = _Attempt()
+        threading.Thread(
+            target=self._run_attempt,
+            args=(attempt, timeout),
+            name=f"{self.name}-connect",
+            daemon=True,
+        ).start()
+        try:
+            attempt.wait(timeout)
+        except BaseException:  # interrupted: the connection, if any, is not wanted
+            if not attempt.give_up():
+                self._end_attempt(attempt)
+            raise
+        if attempt.give_up():
+            with self._mutex:
+                raise self._timeout_error(None, timeout)
+        with self._mutex:
+            self._pending -= 1
+            conn = attempt.conn
+            if conn is not None and not self.closed:
+                self._used[key] = conn
+                self._rused[id(conn)] = key
+                return conn
+        if conn is not None:
+            self._drop(conn)
+            raise self._closed_error()
+        self._replace()  # the slot is free again: maybe for a client in line
+        assert attempt.error is not None
+        raise attempt.error
+
+    def _run_attempt(self, attempt: _Attempt, timeout: float) -> None:
+        """The attempt's thread: connect, then hand over (or dispose of) the outcome."""
+        conn: Connection | None = None
+        error: BaseException | None = None
+        try:
+            # libpq gives up a little after the client did, so that this thread ends.
+            conn = self._new_connection(connect_timeout=timeout + 1.0)
+        except Exception as exc:
+            error = exc
+        if not attempt.finish(conn, error):
+            self._end_attempt(attempt, conn)
+
+    def _end_attempt(self, attempt: _Attempt, conn: Connection | None = None) -> None:
+        """Dispose of an attempt's outcome that its client no longer wants."""
+        conn = conn if conn is not None else attempt.conn
+        with self._mutex:
+            self._pending -= 1
+            if conn is not None and not self.closed and self._waiters:
+                self._release(conn)
+                return
+        if conn is None:
+            self._replace()  # it failed: the slot is free again
+        else:
+            self._drop(conn)
 
     def _replace(self) -> None:
         """A connection was closed rather than handed over: open one for the

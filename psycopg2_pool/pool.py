@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import random
 import threading
 import traceback
@@ -76,6 +77,16 @@ def _spelled_v12(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     if _V12_KEYWORDS.intersection(kwargs):
         return True
     return not args and bool(kwargs) and not _FACADE_KEYWORDS.intersection(kwargs)
+
+
+def _has_connect_timeout(arguments: dict[str, Any]) -> bool:
+    """Whether the user set libpq's ``connect_timeout`` (keyword, conninfo or environment)."""
+    if arguments.get("connect_timeout") is not None or os.environ.get("PGCONNECT_TIMEOUT"):
+        return True
+    try:
+        return "connect_timeout" in _ext.parse_dsn(arguments.get("dsn") or "")
+    except psycopg2.ProgrammingError:  # malformed: the connection attempt will say so
+        return False
 
 
 class _Life:
@@ -908,9 +919,10 @@ class ConnectionPool(AbstractConnectionPool):
     ) -> dict[str, Any]:
         """The keywords of one connect() call, from the resolved conninfo and kwargs."""
         arguments = {**self._connect_kwargs, **(kwargs or {})}
-        if connect_timeout is not None:
-            arguments["connect_timeout"] = max(round(connect_timeout), 1)
         arguments.setdefault("dsn", conninfo or "")
+        if connect_timeout is not None and not _has_connect_timeout(arguments):
+            # libpq counts whole seconds: never less than asked.
+            arguments["connect_timeout"] = max(math.ceil(connect_timeout), 1)
         return arguments
 
     def _connect_attempt(self) -> float:

@@ -6,7 +6,6 @@ No pytest-asyncio here: each test runs its coroutine with :func:`run`.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 import warnings
@@ -31,6 +30,7 @@ from psycopg2_pool import (
 from psycopg2_pool._embedded import free_port
 from tests.helpers import (
     STATS_KEYS,
+    BlackHole,
     app_name,
     backends,
     dsn_with,
@@ -765,47 +765,6 @@ def test_cancel_after_being_served_gives_the_connection_back(target):
     run(main())
 
 
-class BlackHole:
-    """A TCP server that accepts connections and never says a word."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-
-    def open_clients(self) -> int:
-        """How many accepted connections the client side has not closed."""
-        count = 0
-        for conn in self.accepted:
-            conn.setblocking(False)
-            try:
-                data = conn.recv(1024)
-                while data:  # the startup packet, then EOF if closed
-                    data = conn.recv(1024)
-            except BlockingIOError:
-                count += 1
-            except OSError:
-                pass
-        return count
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
-
-
 def test_cancel_while_connecting_null_pool():
     async def main() -> None:
         hole = BlackHole()
@@ -1099,6 +1058,42 @@ def test_null_pool_waiting_client_served_when_returned_connection_is_closed(targ
             await pool.putconn(served)
 
     run(main())
+
+
+def test_null_pool_own_connection_attempt_is_bounded_by_the_clients_timeout():
+    async def main() -> None:
+        hole = BlackHole()
+        try:
+            dsn = f"host=127.0.0.1 port={hole.port} user=u dbname=d"
+            async with AsyncNullConnectionPool(dsn, open=False) as pool:
+                started = time.monotonic()
+                with pytest.raises(PoolTimeout):
+                    async with pool.connection(timeout=1):
+                        pass
+                assert time.monotonic() - started < 1.5
+                stats = pool.get_stats()
+                assert stats["requests_errors"] == 1
+                assert stats["pool_size"] == 0
+        finally:
+            hole.close()
+
+    run(main(), timeout=5)
+
+
+def test_null_pool_connect_timeout_shorter_than_the_clients_still_holds():
+    async def main() -> None:
+        hole = BlackHole()
+        try:
+            dsn = f"host=127.0.0.1 port={hole.port} user=u dbname=d connect_timeout=2"
+            async with AsyncNullConnectionPool(dsn, open=False) as pool:
+                started = time.monotonic()
+                with pytest.raises(psycopg2.OperationalError):
+                    await pool.getconn(timeout=30)
+                assert time.monotonic() - started < 4
+        finally:
+            hole.close()
+
+    run(main(), timeout=10)
 
 
 def test_null_pool_wait_on_unreachable_server():

@@ -12,7 +12,14 @@ import pytest
 from psycopg2.extensions import parse_dsn
 
 from psycopg2_pool import NullConnectionPool, PoolTimeout
-from tests.helpers import app_name, backends, dsn_with, terminate_backends, wait_for
+from tests.helpers import (
+    BlackHole,
+    app_name,
+    backends,
+    dsn_with,
+    terminate_backends,
+    wait_for,
+)
 from tests.tcpproxy import TcpProxy
 
 
@@ -165,6 +172,86 @@ def test_connection_opened_for_a_client_that_gave_up_is_closed(dsn):
             wait_for(lambda: pool.get_stats()["connections_num"] == 2, timeout=3)
             wait_for(lambda: pool.get_stats()["pool_size"] == 0)
             assert pool.get_stats()["pool_available"] == 0
+            wait_for(lambda: backends(dsn, name) == [])
+
+
+def _client_outcome(pool: NullConnectionPool, timeout: float) -> tuple[BaseException, float]:
+    """Run ``with pool.connection(timeout)`` on a thread: its error and how long it took."""
+    outcome: list[tuple[BaseException, float]] = []
+
+    def client() -> None:
+        started = time.monotonic()
+        try:
+            with pool.connection(timeout=timeout):
+                pass
+        except Exception as exc:
+            outcome.append((exc, time.monotonic() - started))
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    t.join(timeout + 5)
+    assert not t.is_alive(), f"connection(timeout={timeout}) still waiting after {timeout + 5} s"
+    [result] = outcome
+    return result
+
+
+def test_own_connection_attempt_is_bounded_by_the_clients_timeout():
+    # A server that accepts and never answers: libpq alone would wait for good.
+    hole = BlackHole()
+    pool = NullConnectionPool(f"host=127.0.0.1 port={hole.port} user=u dbname=d", open=True)
+    try:
+        error, elapsed = _client_outcome(pool, 1.0)
+        assert isinstance(error, PoolTimeout)
+        assert elapsed < 1.5
+        assert pool.get_stats()["requests_errors"] == 1
+    finally:
+        pool.close()
+        hole.close()
+
+
+def test_users_connect_timeout_shorter_than_the_clients_still_holds():
+    hole = BlackHole()
+    dsn = f"host=127.0.0.1 port={hole.port} user=u dbname=d connect_timeout=2"
+    pool = NullConnectionPool(dsn, open=True)
+    try:
+        error, elapsed = _client_outcome(pool, 30.0)
+        assert isinstance(error, psycopg2.OperationalError)
+        assert not isinstance(error, PoolTimeout)
+        assert elapsed < 4
+    finally:
+        pool.close()
+        hole.close()
+
+
+def test_abandoned_connection_attempt_ends_and_frees_its_slot():
+    hole = BlackHole()
+    pool = NullConnectionPool(
+        f"host=127.0.0.1 port={hole.port} user=u dbname=d", max_size=1, open=True
+    )
+    try:
+        error, _ = _client_outcome(pool, 0.3)
+        assert isinstance(error, PoolTimeout)
+        wait_for(lambda: pool.get_stats()["pool_size"] == 0, timeout=5)
+        assert hole.open_clients() == 0
+    finally:
+        pool.close()
+        hole.close()
+
+
+def test_connection_arriving_after_its_client_gave_up_is_closed(dsn):
+    params = parse_dsn(dsn)
+    host = params.get("host", "")
+    if not host or host.startswith("/"):
+        pytest.skip("the test server is not reached over TCP")
+    with TcpProxy(host, int(params.get("port", 5432)), connect_delay=0.5) as proxy:
+        name = app_name()
+        pdsn = dsn_with(dsn, host="127.0.0.1", port=proxy.port, application_name=name)
+        with NullConnectionPool(pdsn, open=True) as pool:
+            error, _ = _client_outcome(pool, 0.2)
+            assert isinstance(error, PoolTimeout)
+            wait_for(lambda: pool.get_stats()["connections_num"] == 1)
+            wait_for(lambda: pool.get_stats()["pool_size"] == 0)
+            assert pool.get_stats().get("connections_errors", 0) == 0
             wait_for(lambda: backends(dsn, name) == [])
 
 
