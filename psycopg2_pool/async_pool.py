@@ -54,7 +54,7 @@ from .engine import AbstractConnectionPool, Connection, Waiter
 from .errors import PoolTimeout
 from .null_pool import NullConnectionPool
 from .pool import ConnectionPool, _ensure_idle
-from .workers import Task, Workers
+from .workers import Backoff, Task, Workers
 from .wrapper import RETURNED
 
 __all__ = ["AsyncConnectionPool", "AsyncNullConnectionPool"]
@@ -794,20 +794,42 @@ class AsyncNullConnectionPool(AsyncConnectionPool, NullConnectionPool):
         super().__init__(conninfo, min_size=min_size, **kwargs)
 
     async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
-        """Check that a connection can be made, within ``timeout`` seconds."""
+        """Check that a connection can be made, trying for up to ``timeout`` seconds.
+
+        Failed attempts are logged and retried with exponential backoff, each
+        bounded by the time left; the connection made is closed at once. At
+        the deadline close the pool and raise :class:`PoolTimeout`.
+        """
         if self._open_implicit:
             self._warn_implicit_open()
         with self._mutex:
             if self.closed:
                 raise self._closed_error()
-        try:
-            conn = await self._new_connection_async(connect_timeout=timeout)
-        except Exception as exc:
-            await self.close()
-            raise PoolTimeout(
-                f"pool {self.name!r} initialization incomplete after {timeout} sec"
-            ) from exc
-        self._drop(conn)
+        logger.info("waiting for pool %r initialization", self.name)
+        deadline = monotonic() + timeout
+        backoff = Backoff(timeout)
+        error: Exception | None = None
+        while (left := deadline - monotonic()) > 0:
+            try:
+                conn = await self._new_connection_async(connect_timeout=left)
+            except Exception as exc:
+                error = exc
+                logger.warning("error connecting in %r: %s", self.name, self._masked(exc))
+            else:
+                self._drop(conn)
+                logger.info("pool %r is ready to use", self.name)
+                return
+            delay = backoff.next_delay(monotonic())
+            if delay is None:
+                break
+            await asyncio.sleep(min(delay, deadline - monotonic()))
+            with self._mutex:
+                if self.closed:
+                    raise self._closed_error()
+        await self.close()
+        raise PoolTimeout(
+            f"pool {self.name!r} initialization incomplete after {timeout} sec"
+        ) from error
 
     async def check(self) -> None:  # type: ignore[override]
         """Nothing to check: the pool holds no idle connection."""

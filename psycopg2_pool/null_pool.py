@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from time import monotonic
 from typing import Any
 
 from .engine import FOREVER, Connection, Waiter
@@ -25,13 +26,15 @@ class _Attempt:
     """A connection attempt on a thread of its own, which its client may stop waiting for.
 
     Whoever comes second, the thread with the outcome or the client giving
-    up, learns it from :meth:`finish` or :meth:`give_up`: the thread then
-    disposes of the outcome itself.
+    up, learns it from :meth:`finish` or :meth:`give_up`. Every outcome but
+    a connection received in time goes to ``late`` (the connection, or None
+    for a failure), once.
     """
 
-    __slots__ = ("_arrived", "_lock", "conn", "error", "state")
+    __slots__ = ("_arrived", "_lock", "conn", "error", "late", "state")
 
-    def __init__(self) -> None:
+    def __init__(self, late: Callable[[Connection | None], None]) -> None:
+        self.late = late
         self._lock = threading.Lock()
         self._arrived = threading.Lock()
         self._arrived.acquire()
@@ -39,22 +42,39 @@ class _Attempt:
         self.conn: Connection | None = None
         self.error: BaseException | None = None
 
-    def finish(self, conn: Connection | None, error: BaseException | None) -> bool:
-        """The thread: hand the outcome over; False if the client has gone."""
+    def finish(self, conn: Connection | None, error: BaseException | None) -> None:
+        """The thread: hand the outcome over, or to ``late`` if the client has gone."""
         with self._lock:
-            if self.state == "abandoned":
-                return False
-            self.state = "done"
-            self.conn, self.error = conn, error
-        self._arrived.release()
-        return True
+            gone = self.state == "abandoned"
+            if not gone:
+                self.state = "done"
+                self.conn, self.error = conn, error
+        if gone:
+            self.late(conn)
+        else:
+            self._arrived.release()
 
-    def wait(self, timeout: float) -> None:
-        """The client: wait up to ``timeout`` seconds for the outcome."""
-        self._arrived.acquire(True, max(timeout, 0.0))
+    def wait(self, timeout: float) -> Connection | None:
+        """The client: the connection, or None if ``timeout`` seconds passed first.
+
+        Raise the attempt's error (after telling ``late``, with None). An
+        interrupted client leaves the outcome to ``late``.
+        """
+        try:
+            self._arrived.acquire(True, max(timeout, 0.0))
+        except BaseException:
+            if not self.give_up():
+                self.late(self.conn)
+            raise
+        if self.give_up():
+            return None
+        if self.error is not None:
+            self.late(None)
+            raise self.error
+        return self.conn
 
     def give_up(self) -> bool:
-        """The client: stop waiting; False if the outcome is here (it is the client's)."""
+        """The client: stop waiting; False if the outcome is here already."""
         with self._lock:
             if self.state == "done":
                 return False
@@ -106,67 +126,67 @@ class NullConnectionPool(ConnectionPool):
     def _open_for(self, key: Hashable, timeout: float | None = None) -> Connection:
         """Connect for ``key`` (its slot is reserved), within the client's ``timeout``.
 
-        libpq bounds an attempt only in whole seconds per address tried, and a
-        server that accepts and never answers holds it that long or for good:
-        the attempt runs on a thread of its own and the client stops waiting
-        for it at its deadline. A late connection goes to a client in line, or
-        is closed.
+        A late connection goes to a client in line, or is closed.
         """
         if timeout is None or timeout >= FOREVER:
             return super()._open_for(key)
-        attempt = _Attempt()
+        conn = self._connect_within(timeout, self._settle_late)
+        with self._mutex:
+            if conn is None:
+                raise self._timeout_error(None, timeout)
+            self._pending -= 1
+            if not self.closed:
+                self._used[key] = conn
+                self._rused[id(conn)] = key
+                return conn
+        self._drop(conn)
+        raise self._closed_error()
+
+    def _connect_within(
+        self, timeout: float, late: Callable[[Connection | None], None]
+    ) -> Connection | None:
+        """A new connection, or None if ``timeout`` seconds passed first.
+
+        libpq bounds an attempt only in whole seconds per address tried, and a
+        server that accepts and never answers holds it that long, or for good:
+        the attempt runs on a thread of its own, and the caller stops waiting
+        for it at its deadline. What the attempt brings after that goes to ``late``.
+        """
+        attempt = _Attempt(late)
         threading.Thread(
             target=self._run_attempt,
             args=(attempt, timeout),
             name=f"{self.name}-connect",
             daemon=True,
         ).start()
-        try:
-            attempt.wait(timeout)
-        except BaseException:  # interrupted: the connection, if any, is not wanted
-            if not attempt.give_up():
-                self._end_attempt(attempt)
-            raise
-        if attempt.give_up():
-            with self._mutex:
-                raise self._timeout_error(None, timeout)
-        with self._mutex:
-            self._pending -= 1
-            conn = attempt.conn
-            if conn is not None and not self.closed:
-                self._used[key] = conn
-                self._rused[id(conn)] = key
-                return conn
-        if conn is not None:
-            self._drop(conn)
-            raise self._closed_error()
-        self._replace()  # the slot is free again: maybe for a client in line
-        assert attempt.error is not None
-        raise attempt.error
+        return attempt.wait(timeout)
 
     def _run_attempt(self, attempt: _Attempt, timeout: float) -> None:
-        """The attempt's thread: connect, then hand over (or dispose of) the outcome."""
+        """The attempt's thread: connect, then hand the outcome over."""
         conn: Connection | None = None
         error: BaseException | None = None
         try:
-            # libpq gives up a little after the client did, so that this thread ends.
+            # libpq gives up a little after the caller did, so that this thread ends.
             conn = self._new_connection(connect_timeout=timeout + 1.0)
-        except Exception as exc:
+        except BaseException as exc:
             error = exc
-        if not attempt.finish(conn, error):
-            self._end_attempt(attempt, conn)
+        attempt.finish(conn, error)
 
-    def _end_attempt(self, attempt: _Attempt, conn: Connection | None = None) -> None:
-        """Dispose of an attempt's outcome that its client no longer wants."""
-        conn = conn if conn is not None else attempt.conn
+    def _settle_late(self, conn: Connection | None) -> None:
+        """Free the slot of an attempt that failed (``conn`` None), or whose
+        connection its client no longer waits for."""
         with self._mutex:
             self._pending -= 1
             if conn is not None and not self.closed and self._waiters:
                 self._release(conn)
                 return
         if conn is None:
-            self._replace()  # it failed: the slot is free again
+            self._replace()  # the slot is free again
         else:
+            self._drop(conn)
+
+    def _drop_late(self, conn: Connection | None) -> None:
+        if conn is not None:
             self._drop(conn)
 
     def _replace(self) -> None:
@@ -207,18 +227,42 @@ class NullConnectionPool(ConnectionPool):
         super()._connect_failed(exc, attempt, growing)
 
     def wait(self, timeout: float = 30.0) -> None:
-        """Check that a connection can be made, within ``timeout`` seconds."""
+        """Check that a connection can be made, trying for up to ``timeout`` seconds.
+
+        Failed attempts are logged and retried with exponential backoff, each
+        bounded by the time left; the connection made is closed at once. At
+        the deadline close the pool and raise :class:`PoolTimeout`.
+        """
         with self._mutex:
             if self.closed:
                 raise self._closed_error()
-        try:
-            conn = self._new_connection(connect_timeout=timeout)
-        except Exception as exc:
-            self.close()
-            raise PoolTimeout(
-                f"pool {self.name!r} initialization incomplete after {timeout} sec"
-            ) from exc
-        self._drop(conn)
+        logger.info("waiting for pool %r initialization", self.name)
+        deadline = monotonic() + timeout
+        backoff = Backoff(timeout)
+        error: Exception | None = None
+        while (left := deadline - monotonic()) > 0:
+            try:
+                conn = self._connect_within(left, self._drop_late)
+            except Exception as exc:
+                error = exc
+                logger.warning("error connecting in %r: %s", self.name, self._masked(exc))
+            else:
+                if conn is not None:
+                    self._drop(conn)
+                    logger.info("pool %r is ready to use", self.name)
+                    return
+                break  # no answer within the time left
+            delay = backoff.next_delay(monotonic())
+            if delay is None:
+                break
+            with self._filled:  # woken early by close()
+                self._filled.wait_for(lambda: self.closed, min(delay, deadline - monotonic()))
+            if self.closed:
+                raise self._closed_error()
+        self.close()
+        raise PoolTimeout(
+            f"pool {self.name!r} initialization incomplete after {timeout} sec"
+        ) from error
 
     def check(self) -> None:
         """Nothing to check: the pool holds no idle connection."""

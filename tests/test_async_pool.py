@@ -6,6 +6,7 @@ No pytest-asyncio here: each test runs its coroutine with :func:`run`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import warnings
@@ -1105,6 +1106,41 @@ def test_null_pool_wait_on_unreachable_server():
         assert pool.closed
 
     run(main())
+
+
+def test_null_pool_wait_retries_until_the_server_is_up(private_server):
+    async def main() -> None:
+        private_server.stop()
+        async with AsyncNullConnectionPool(private_server.dsn, open=False) as pool:
+            starter = asyncio.get_running_loop().run_in_executor(None, start_later)
+            await pool.wait(20)
+            await starter
+            assert not pool.closed
+            assert pool.get_stats()["connections_errors"] >= 1
+
+    def start_later() -> None:
+        time.sleep(0.3)
+        private_server.start()
+
+    run(main())
+
+
+def test_null_pool_wait_gives_up_at_its_deadline_and_logs_attempts(caplog):
+    caplog.set_level(logging.WARNING, logger="psycopg2_pool")
+
+    async def main() -> None:
+        pool = AsyncNullConnectionPool(unreachable_dsn(), password="s3cr3t-pw", open=False)
+        await pool.open()
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            await pool.wait(timeout=2.5)
+        assert 2.4 <= time.monotonic() - started < 5
+        assert pool.closed
+
+    run(main())
+    failures = [r for r in caplog.records if "error connecting" in r.getMessage()]
+    assert len(failures) >= 2
+    assert "s3cr3t-pw" not in caplog.text
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 from psycopg2.extensions import parse_dsn
 
 from psycopg2_pool import NullConnectionPool, PoolTimeout
+from psycopg2_pool._embedded import free_port
 from tests.helpers import (
     BlackHole,
     app_name,
@@ -175,6 +177,10 @@ def test_connection_opened_for_a_client_that_gave_up_is_closed(dsn):
             wait_for(lambda: backends(dsn, name) == [])
 
 
+def unreachable_dsn() -> str:
+    return f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres"
+
+
 def _client_outcome(pool: NullConnectionPool, timeout: float) -> tuple[BaseException, float]:
     """Run ``with pool.connection(timeout)`` on a thread: its error and how long it took."""
     outcome: list[tuple[BaseException, float]] = []
@@ -253,6 +259,40 @@ def test_connection_arriving_after_its_client_gave_up_is_closed(dsn):
             wait_for(lambda: pool.get_stats()["pool_size"] == 0)
             assert pool.get_stats().get("connections_errors", 0) == 0
             wait_for(lambda: backends(dsn, name) == [])
+
+
+def test_wait_retries_until_the_server_is_up(private_server):
+    private_server.stop()
+    pool = NullConnectionPool(private_server.dsn, open=True)
+    starter = threading.Timer(0.3, private_server.start)
+    starter.start()
+    try:
+        pool.wait(20)
+        assert not pool.closed
+        assert pool.get_stats()["connections_errors"] >= 1
+    finally:
+        starter.join()
+        pool.close()
+
+
+def test_wait_gives_up_at_its_deadline_not_at_the_first_failure():
+    pool = NullConnectionPool(unreachable_dsn(), open=True)
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout, match=r"initialization incomplete after 1\.5 sec"):
+        pool.wait(1.5)
+    assert 1.4 <= time.monotonic() - started < 4
+    assert pool.closed
+
+
+def test_wait_logs_each_failed_attempt_without_password(caplog):
+    caplog.set_level(logging.INFO, logger="psycopg2_pool")
+    pool = NullConnectionPool(unreachable_dsn(), password="s3cr3t-pw", open=True)
+    with pytest.raises(PoolTimeout):
+        pool.wait(2.5)
+    failures = [r for r in caplog.records if "error connecting" in r.getMessage()]
+    assert len(failures) >= 2
+    assert all(r.name == "psycopg2_pool" and r.levelno == logging.WARNING for r in failures)
+    assert "s3cr3t-pw" not in caplog.text
 
 
 def test_min_size_not_zero_raises(dsn):
