@@ -50,7 +50,7 @@ from .async_connection import (
     discard,
     maybe_await,
 )
-from .engine import AbstractConnectionPool, Connection, Waiter
+from .engine import FOREVER, AbstractConnectionPool, Connection, Waiter
 from .errors import PoolTimeout
 from .null_pool import NullConnectionPool
 from .pool import ConnectionPool, _ensure_idle
@@ -505,6 +505,12 @@ class AsyncConnectionPool(ConnectionPool):
 
     async def _open_for_async(self, key: Hashable, timeout: float | None) -> Connection:
         # The null pool's clients connect themselves, within their timeout.
+        if timeout is not None and timeout >= FOREVER:
+            timeout = None
+        elif timeout is not None and timeout <= 0:  # no connection is ever ready at once here
+            with self._mutex:
+                self._pending -= 1
+                raise self._timeout_error(None, timeout)
         deadline = None if timeout is None else monotonic() + timeout
         try:
             conn = await self._new_connection_async(connect_timeout=timeout)

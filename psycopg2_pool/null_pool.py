@@ -130,6 +130,10 @@ class NullConnectionPool(ConnectionPool):
         """
         if timeout is None or timeout >= FOREVER:
             return super()._open_for(key)
+        if timeout <= 0:  # no connection is ever ready at once here
+            with self._mutex:
+                self._pending -= 1
+                raise self._timeout_error(None, timeout)
         conn = self._connect_within(timeout, self._settle_late)
         with self._mutex:
             if conn is None:

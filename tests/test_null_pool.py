@@ -215,6 +215,16 @@ def test_own_connection_attempt_is_bounded_by_the_clients_timeout():
         hole.close()
 
 
+def test_zero_timeout_raises_pool_timeout_without_connecting(make_pool):
+    # Nothing is ever ready at once in a null pool (psycopg_pool raises too).
+    pool, _, _ = make_pool()
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=0)
+    stats = pool.get_stats()
+    assert stats.get("connections_num", 0) == 0
+    assert stats["pool_size"] == 0
+
+
 def test_users_connect_timeout_shorter_than_the_clients_still_holds():
     hole = BlackHole()
     dsn = f"host=127.0.0.1 port={hole.port} user=u dbname=d connect_timeout=2"
