@@ -25,7 +25,7 @@ import psycopg2
 from psycopg2 import extensions as _ext
 
 from . import stats as S
-from ._masking import mask_dsn, mask_text, scrubbed, secrets_in
+from ._masking import mask_text, scrubbed, secrets_in
 from ._watchdog import readable_fds, run_bounded, socket_alive
 from .engine import (
     FOREVER,
@@ -40,14 +40,14 @@ from .errors import (
     NotFromThisPool,
     PoolClosed,
     PoolError,
-    PoolExhausted,
     PoolTimeout,
     TooManyRequests,
 )
+from .pool12 import ThreadSafeConnectionPool, spelled_v12
 from .workers import Backoff, Workers
 from .wrapper import RETURNED, PooledConnection, end_block
 
-__all__ = ["ConnectionPool", "ThreadSafeConnectionPool"]
+__all__ = ["ConnectionPool"]
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -59,22 +59,7 @@ _P = TypeVar("_P", bound="ConnectionPool")
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
 _QUEUED = S.REQUESTS_QUEUED
 _READY = _ext.STATUS_READY
-# Keywords that only psycopg2-pool 1.2 code passes.
-_V12_KEYWORDS = frozenset(("minconn", "maxconn", "idle_timeout"))
 _names = itertools.count(1)
-
-
-def _spelled_v12(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether a ``ConnectionPool(...)`` call is psycopg2-pool 1.2 code.
-
-    1.2's own keywords say so; so does a call made only of connect() keywords
-    (``ConnectionPool(dsn=...)``, ``ConnectionPool(host=..., dbname=...)``),
-    which psycopg_pool would reject: its connection settings go in
-    ``conninfo`` and ``kwargs``.
-    """
-    if _V12_KEYWORDS.intersection(kwargs):
-        return True
-    return not args and bool(kwargs) and not _FACADE_KEYWORDS.intersection(kwargs)
 
 
 class _Life:
@@ -170,8 +155,9 @@ class ConnectionPool(AbstractConnectionPool):
     _queue_when_full = True
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls is ConnectionPool and _spelled_v12(args, kwargs):
-            cls = ThreadSafeConnectionPool
+        if cls is ConnectionPool and spelled_v12(args, kwargs, _FACADE_KEYWORDS):
+            # Built whole here: not being a ConnectionPool, it gets no __init__ call.
+            return ThreadSafeConnectionPool(*args, **kwargs)
         return super().__new__(cls)
 
     def __init__(
@@ -1204,73 +1190,3 @@ _FACADE_KEYWORDS = frozenset(
         + ConnectionPool.__init__.__code__.co_kwonlyargcount
     ]
 )
-
-
-class ThreadSafeConnectionPool(ConnectionPool):
-    """psycopg2-pool 1.2's pool (``ConnectionPool(minconn=..., maxconn=...)`` too).
-
-    ``minconn`` connections are opened at once; a client that finds none idle
-    opens one itself, unless ``maxconn`` are out: then :meth:`getconn` raises
-    :class:`PoolError` ("connection pool exhausted") at once. Connections idle
-    for more than ``idle_timeout`` seconds are closed.
-    """
-
-    def __init__(
-        self,
-        minconn: int = 1,
-        maxconn: float = float("inf"),
-        idle_timeout: float = 600,
-        **connect_kwargs: Any,
-    ) -> None:
-        _check_int("minconn", minconn, 0)
-        if maxconn != float("inf"):
-            _check_int("maxconn", maxconn, 1)
-            if maxconn < minconn:
-                raise ValueError(f"maxconn must be at least minconn: {maxconn} < {minconn}")
-        idle_timeout = _check_seconds("idle_timeout", idle_timeout)
-        connect_kwargs.setdefault("dsn", "")
-        self.idle_timeout = idle_timeout
-        self.connect_kwargs = connect_kwargs
-        super().__init__(
-            kwargs=connect_kwargs,
-            min_size=max(minconn, 1),
-            open=False,
-            max_lifetime=float("inf"),
-            max_idle=idle_timeout or 1e-9,
-            num_workers=1,
-        )
-        self.minconn = minconn
-        self.maxconn = maxconn
-        self._open()
-        for _ in range(minconn):
-            self._connect()
-
-    def __repr__(self) -> str:
-        kwargs = {k: v for k, v in self.connect_kwargs.items() if k != "password"}
-        if "dsn" in kwargs:
-            kwargs["dsn"] = mask_dsn(kwargs["dsn"])
-        return (
-            f"<{type(self).__module__}.{type(self).__name__} {self.name!r}"
-            f" minconn={self.minconn} maxconn={self.maxconn} at 0x{id(self):x}>"
-        )
-
-    def _start_filling(self) -> None:
-        assert self._workers is not None
-        self._workers.schedule(self._sweep_interval(), self._sweep)
-
-    def _when_empty(self, key: Hashable) -> Waiter | None:
-        if len(self._used) + self._pending >= self.maxconn:
-            raise PoolExhausted("connection pool exhausted")
-        self._pending += 1
-        return None
-
-    def _replace(self) -> None:
-        pass  # like 1.2: connections are opened by the clients that need them
-
-    def clear(self) -> None:
-        """Close every idle connection, whatever ``minconn`` and ``idle_timeout`` say."""
-        with self._mutex:
-            idle = self._pool[:]
-            self._pool.clear()
-        for conn in idle:
-            self._drop(conn)
