@@ -476,7 +476,7 @@ class ConnectionPool(AbstractConnectionPool):
             )
             waited.__wrapped__ = conn
             handle = waited
-        if self._plain_checkout:
+        if self._plain_checkout and conn.get_transaction_status() == _IDLE:
             return handle
         return self._prepare(conn, handle, timeout)
 
@@ -488,6 +488,7 @@ class ConnectionPool(AbstractConnectionPool):
             self._warn_implicit_open()
         deadline = monotonic() + timeout
         first = conn
+        conn = self._cleaned(conn, deadline, timeout)
         if self._suspect_before:
             conn = self._trusted(conn, deadline, timeout)
         if self._check is not None:
@@ -499,6 +500,26 @@ class ConnectionPool(AbstractConnectionPool):
         if self.leak_timeout is not None:
             self._checkouts[id(handle)] = (monotonic(), traceback.format_stack()[:-2])
         return handle
+
+    def _cleaned(self, conn: Connection, deadline: float, timeout: float) -> Connection:
+        """Never hand out a connection inside a transaction, whatever put it there.
+
+        Returned connections are rolled back, so one found in a transaction was
+        used while idle, through a reference kept after its return: roll it
+        back, or replace it if that fails.
+        """
+        while conn.get_transaction_status() != _IDLE or conn.status != _READY:
+            logger.warning(
+                "connection of %r found in status %s at checkout: rolled back",
+                self.name,
+                status_name(conn.get_transaction_status()),
+            )
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                self._discard_checked_out(conn, lost=True)
+                conn = self._next_candidate(deadline, timeout)
+        return conn
 
     def _getkey(self) -> Hashable:
         # Called under the lock for every request: the place to count them.
