@@ -363,7 +363,10 @@ class ConnectionPool(AbstractConnectionPool):
             if self.closed:
                 return
             self.closed = True
-            waiters = list(self._waiters)
+            # Failed under the lock: a client whose timeout runs out from now
+            # on finds its answer there, and does not look for itself in line.
+            for waiter in self._waiters:
+                waiter.fail(PoolClosed(f"the pool {self.name!r} is closed"))
             self._waiters.clear()
             idle = self._pool[:]
             self._pool.clear()
@@ -373,8 +376,6 @@ class ConnectionPool(AbstractConnectionPool):
             workers.stop(timeout)
         for conn in idle:
             self._drop(conn)
-        for waiter in waiters:
-            waiter.fail(PoolClosed(f"the pool {self.name!r} is closed"))
         logger.info("pool %r closed", self.name)
 
     def __enter__(self: _P) -> _P:

@@ -297,6 +297,56 @@ def test_waiters_get_pool_closed_when_pool_closes(make_pool):
     pool.putconn(holder)  # returning to a closed pool does not raise
 
 
+def _wait_for_one(pool: ConnectionPool, timeout: float, errors: list[BaseException]) -> None:
+    try:
+        pool.putconn(pool.getconn(timeout=timeout))
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_waiters_timing_out_while_pool_closes_get_pool_closed_or_pool_timeout(dsn):
+    """close() waits for its workers before it is done; clients whose timeout
+    runs out meanwhile get PoolClosed or PoolTimeout, never anything else."""
+    growing = threading.Event()
+    busy = threading.Event()
+
+    def slow_configure(conn: Any) -> None:
+        # Keeps a worker busy, so that close() waits for it while clients time out.
+        if growing.is_set():
+            busy.set()
+            time.sleep(0.5)
+
+    for _ in range(3):
+        pool = ConnectionPool(
+            dsn_with(dsn, application_name=app_name()),
+            min_size=1,
+            max_size=2,
+            open=True,
+            configure=slow_configure,
+        )
+        got: list[BaseException] = []
+        try:
+            pool.wait(5)
+            holder = pool.getconn()
+            busy.clear()
+            growing.set()
+            threads = [
+                threading.Thread(target=_wait_for_one, args=(pool, 0.2 + 0.02 * i, got))
+                for i in range(10)
+            ]
+            for t in threads:
+                t.start()
+            assert busy.wait(5)
+            pool.close()
+            for t in threads:
+                t.join(5)
+            pool.putconn(holder)
+        finally:
+            growing.clear()
+            pool.close()
+        assert all(isinstance(e, (PoolClosed, PoolTimeout)) for e in got), got
+
+
 # -- sizing ---------------------------------------------------------------------
 
 
