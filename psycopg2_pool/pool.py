@@ -429,6 +429,7 @@ class ConnectionPool(AbstractConnectionPool):
             timeout = self.timeout
         handle: PooledConnection | None = None
         waiter: Waiter | None = None
+        called = 0.0  # when a client that waits called: its deadline runs from there
         # The engine's two common paths, inlined: a call less on each checkout
         # is measurable. Whatever else can happen (the pool is closed, growing,
         # limited in waiters...) goes the engine's way further down. Looking
@@ -472,6 +473,7 @@ class ConnectionPool(AbstractConnectionPool):
             finally:
                 mutex.release()
         if waiter is not None:
+            called = waiter.since
             # The engine's _wait, inlined for the same reason.
             try:
                 served = waiter._signal.acquire(True, timeout if timeout < FOREVER else -1)
@@ -482,6 +484,7 @@ class ConnectionPool(AbstractConnectionPool):
             if not served or conn is None:
                 conn = self._outcome(waiter, served, timeout)
         elif handle is None:
+            called = monotonic()
             conn = self._getconn(None, timeout)
         if handle is None:
             # Served by whoever gave a connection back: the key it was given to
@@ -493,15 +496,19 @@ class ConnectionPool(AbstractConnectionPool):
             handle = waited
         if self._plain_checkout:
             return handle
-        return self._prepare(conn, handle, timeout)
+        return self._prepare(conn, handle, timeout, called)
 
     def _prepare(
-        self, conn: Connection, handle: PooledConnection, timeout: float
+        self, conn: Connection, handle: PooledConnection, timeout: float, called: float
     ) -> PooledConnection:
-        """The checkout steps only some pools need: warning, check, leak tracking."""
+        """The checkout steps only some pools need: warning, check, leak tracking.
+
+        They run in what is left of the client's ``timeout`` since it ``called``
+        (0.0 if it was served without waiting).
+        """
         if self._open_implicit:
             self._warn_implicit_open()
-        deadline = monotonic() + timeout
+        deadline = (called or monotonic()) + timeout
         first = conn
         if self._suspect_before:
             conn = self._trusted(conn, deadline, timeout)

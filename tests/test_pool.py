@@ -347,6 +347,30 @@ def test_waiters_timing_out_while_pool_closes_get_pool_closed_or_pool_timeout(ds
         assert all(isinstance(e, (PoolClosed, PoolTimeout)) for e in got), got
 
 
+def test_check_after_a_wait_in_line_is_bounded_by_what_is_left_of_the_timeout(make_pool):
+    """The client's timeout runs from its getconn() call: time spent in line
+    counts, and a slow check only gets what is left."""
+    slow = threading.Event()
+
+    def check(conn: Any) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_sleep(10)" if slow.is_set() else "SELECT 1")
+        conn.rollback()
+
+    pool, _, _ = make_pool(min_size=1, max_size=1, check=check)
+    pool.wait(5)
+    holder = pool.getconn(timeout=5)
+    slow.set()
+    returner = threading.Timer(0.6, pool.putconn, (holder,))
+    returner.start()
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=1.0)
+    elapsed = time.monotonic() - started
+    returner.join()
+    assert elapsed < 1.3, f"getconn(timeout=1) took {elapsed:.2f} s"
+
+
 # -- sizing ---------------------------------------------------------------------
 
 
