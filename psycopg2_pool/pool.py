@@ -80,12 +80,14 @@ def _spelled_v12(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 class _Life:
     """What the pool remembers about one of its connections."""
 
-    __slots__ = ("expires", "idle_since", "verified")
+    __slots__ = ("expires", "given_back_raw", "idle_since", "verified")
 
     def __init__(self, expires: float, now: float) -> None:
         self.expires = expires
         self.idle_since = now
         self.verified = now  # last known to work: made, or probed, then
+        # putconn() took it back by the real connection once: never again.
+        self.given_back_raw = False
 
 
 def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
@@ -713,7 +715,10 @@ class ConnectionPool(AbstractConnectionPool):
     # -- return -------------------------------------------------------------------
 
     def putconn(self, conn: Any) -> None:
-        """Give back a connection (the handle, or the real connection it wraps)."""
+        """Give back a connection: the handle, or the real connection it wraps.
+
+        A connection is taken back by its real object only once in its life.
+        """
         if type(conn) is self._handle_class:
             # _claim(), inlined for the common case: this is the hot path. The
             # pool's own map finds the connection for less than wrapt would.
@@ -790,6 +795,11 @@ class ConnectionPool(AbstractConnectionPool):
         """Check that ``conn`` (handle or real connection) is out of this pool.
 
         Kill its handle and return the real connection and the handle.
+
+        A real connection does not say which checkout it comes from: once it is
+        out again, a late second return of it would look just like its new
+        holder's. So it is taken back raw only once in its life; then only
+        through its handle.
         """
         if type(conn) is self._handle_class:
             real = self._used.get(conn)
@@ -802,10 +812,20 @@ class ConnectionPool(AbstractConnectionPool):
             raise NotFromThisPool(
                 f"can't return connection to pool {self.name!r}: it comes from pool {owner.name!r}"
             )
-        handle = self._rused.get(id(conn))
-        if type(handle) is not self._handle_class:
-            raise self._unkeyed_error(conn)
-        handle.__wrapped__ = RETURNED
+        with self._mutex:
+            handle = self._rused.get(id(conn))
+            if type(handle) is not self._handle_class:
+                raise self._unkeyed_error(conn)
+            life = self._lives.get(id(conn))
+            if life is not None:
+                if life.given_back_raw:
+                    raise ConnectionReturned(
+                        "this connection was already returned to the pool by the real"
+                        " connection once: it is checked out again now, maybe by another"
+                        " client; give back the handle getconn() returned"
+                    )
+                life.given_back_raw = True
+            handle.__wrapped__ = RETURNED
         return conn, handle
 
     def _unkeyed_error(self, conn: Any) -> PoolError:
