@@ -157,6 +157,9 @@ class _LoopWorkers(Workers):
     def schedule(self, delay: float, task: Task) -> None:
         self._call(self._schedule, delay, task)
 
+    # Connects never block the loop: an alarm can be an ordinary timer.
+    alarm = schedule
+
     def _schedule(self, delay: float, task: Task) -> None:
         if self._stopping:
             return

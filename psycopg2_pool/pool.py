@@ -634,7 +634,8 @@ class ConnectionPool(AbstractConnectionPool):
         if workers is None:
             call()
         else:
-            run_bounded(call, conn, seconds, workers.schedule)
+            # An alarm, not a task: the workers may all be stuck connecting.
+            run_bounded(call, conn, seconds, workers.alarm)
 
     def _trusted(self, conn: Connection, deadline: float, timeout: float) -> Connection:
         """Probe ``conn`` if it is suspect; replace it while it turns out dead."""
