@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import random
 import threading
 import traceback
@@ -98,6 +99,21 @@ def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
             f"connection left in status {status_name(status)}"
             f" by {role} function {function!r}: discarded"
         )
+
+
+def _bounds_connects(arguments: dict[str, Any]) -> bool:
+    """Whether the user set how long a connect() with ``arguments`` may take.
+
+    In the keywords, the conninfo or the environment; a service file may set
+    it too, so a named service counts as set.
+    """
+    if "connect_timeout" in arguments or os.environ.keys() & {"PGCONNECT_TIMEOUT", "PGSERVICE"}:
+        return True
+    try:
+        params = _ext.parse_dsn(arguments.get("dsn") or "")
+    except psycopg2.ProgrammingError:
+        return True  # connect() reports the bad conninfo itself
+    return "connect_timeout" in params or "service" in params
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -926,6 +942,11 @@ class ConnectionPool(AbstractConnectionPool):
         if connect_timeout is not None:
             arguments["connect_timeout"] = max(round(connect_timeout), 1)
         arguments.setdefault("dsn", conninfo or "")
+        if math.isfinite(self.reconnect_timeout) and not _bounds_connects(arguments):
+            # libpq would wait for ever on a network that went silent, holding
+            # a worker (or a client) all along. No attempt outlasts the time
+            # the pool gives reconnecting (libpq's minimum is 2 seconds).
+            arguments["connect_timeout"] = max(math.ceil(self.reconnect_timeout), 2)
         return arguments
 
     def _connect_attempt(self) -> float:

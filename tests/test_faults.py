@@ -563,6 +563,29 @@ def test_blackhole_new_connections_bounded_by_connect_timeout(
         assert identity(conn) is not None
 
 
+def test_blackhole_new_connections_bounded_by_reconnect_timeout_without_connect_timeout(
+    private_server: Any, proxy: TcpProxy, pools: list[Any]
+) -> None:
+    """With no connect_timeout set, a connection attempt into a silent network
+    gives up after reconnect_timeout instead of holding a worker for ever."""
+    proxy.blackhole()
+    pool = ConnectionPool(
+        dsn_with(private_server.dsn, port=proxy.port, application_name=app_name()),
+        min_size=1,
+        open=True,
+        reconnect_timeout=3,
+    )
+    pools.append(pool)
+    wait_for(
+        lambda: pool.get_stats().get("connections_errors", 0) >= 1,
+        timeout=3 + 2 * SLACK,
+        message="a connection attempt that gave up",
+    )
+    proxy.resume()
+    with pool.connection(timeout=BACKOFF_BOUND) as conn:
+        assert identity(conn) is not None
+
+
 # -- 5. connections given back in every state ---------------------------------------
 
 
