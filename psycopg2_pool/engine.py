@@ -449,10 +449,10 @@ class AbstractConnectionPool:
                 raise self._closed_error()
             self.closed = True
             conns = [*self._pool, *self._used.values()]
-            waiters = list(self._waiters)
+            # Under the lock, so that a waiter timing out now finds the error.
+            for waiter in self._waiters:
+                waiter.fail(self._closed_error())
             self._waiters.clear()
-        for waiter in waiters:
-            waiter.fail(self._closed_error())
         for conn in conns:
             self._close_quietly(conn)
 

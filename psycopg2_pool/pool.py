@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import random
 import threading
 import traceback
@@ -65,12 +66,14 @@ _names = itertools.count(1)
 class _Life:
     """What the pool remembers about one of its connections."""
 
-    __slots__ = ("expires", "idle_since", "verified")
+    __slots__ = ("expires", "given_back_raw", "idle_since", "verified")
 
     def __init__(self, expires: float, now: float) -> None:
         self.expires = expires
         self.idle_since = now
         self.verified = now  # last known to work: made, or probed, then
+        # putconn() took it back by the real connection once: never again.
+        self.given_back_raw = False
 
 
 def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
@@ -81,6 +84,21 @@ def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
             f"connection left in status {status_name(status)}"
             f" by {role} function {function!r}: discarded"
         )
+
+
+def _bounds_connects(arguments: dict[str, Any]) -> bool:
+    """Whether the user set how long a connect() with ``arguments`` may take.
+
+    In the keywords, the conninfo or the environment; a service file may set
+    it too, so a named service counts as set.
+    """
+    if "connect_timeout" in arguments or os.environ.keys() & {"PGCONNECT_TIMEOUT", "PGSERVICE"}:
+        return True
+    try:
+        params = _ext.parse_dsn(arguments.get("dsn") or "")
+    except psycopg2.ProgrammingError:
+        return True  # connect() reports the bad conninfo itself
+    return "connect_timeout" in params or "service" in params
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -349,7 +367,10 @@ class ConnectionPool(AbstractConnectionPool):
             if self.closed:
                 return
             self.closed = True
-            waiters = list(self._waiters)
+            # Failed under the lock: a client whose timeout runs out from now
+            # on finds its answer there, and does not look for itself in line.
+            for waiter in self._waiters:
+                waiter.fail(PoolClosed(f"the pool {self.name!r} is closed"))
             self._waiters.clear()
             idle = self._pool[:]
             self._pool.clear()
@@ -359,8 +380,6 @@ class ConnectionPool(AbstractConnectionPool):
             workers.stop(timeout)
         for conn in idle:
             self._drop(conn)
-        for waiter in waiters:
-            waiter.fail(PoolClosed(f"the pool {self.name!r} is closed"))
         logger.info("pool %r closed", self.name)
 
     def __enter__(self: _P) -> _P:
@@ -414,6 +433,7 @@ class ConnectionPool(AbstractConnectionPool):
             timeout = self.timeout
         handle: PooledConnection | None = None
         waiter: Waiter | None = None
+        called = 0.0  # when a client that waits called: its deadline runs from there
         # The engine's two common paths, inlined: a call less on each checkout
         # is measurable. Whatever else can happen (the pool is closed, growing,
         # limited in waiters...) goes the engine's way further down. Looking
@@ -457,6 +477,7 @@ class ConnectionPool(AbstractConnectionPool):
             finally:
                 mutex.release()
         if waiter is not None:
+            called = waiter.since
             # The engine's _wait, inlined for the same reason.
             try:
                 served = waiter._signal.acquire(True, timeout if timeout < FOREVER else -1)
@@ -467,6 +488,7 @@ class ConnectionPool(AbstractConnectionPool):
             if not served or conn is None:
                 conn = self._outcome(waiter, served, timeout)
         elif handle is None:
+            called = monotonic()
             conn = self._getconn(None, timeout)
         if handle is None:
             # Served by whoever gave a connection back: the key it was given to
@@ -478,15 +500,19 @@ class ConnectionPool(AbstractConnectionPool):
             handle = waited
         if self._plain_checkout and conn.get_transaction_status() == _IDLE:
             return handle
-        return self._prepare(conn, handle, timeout)
+        return self._prepare(conn, handle, timeout, called)
 
     def _prepare(
-        self, conn: Connection, handle: PooledConnection, timeout: float
+        self, conn: Connection, handle: PooledConnection, timeout: float, called: float
     ) -> PooledConnection:
-        """The checkout steps only some pools need: warning, check, leak tracking."""
+        """The checkout steps only some pools need: warning, check, leak tracking.
+
+        They run in what is left of the client's ``timeout`` since it ``called``
+        (0.0 if it was served without waiting).
+        """
         if self._open_implicit:
             self._warn_implicit_open()
-        deadline = monotonic() + timeout
+        deadline = (called or monotonic()) + timeout
         first = conn
         conn = self._cleaned(conn, deadline, timeout)
         if self._suspect_before:
@@ -631,7 +657,8 @@ class ConnectionPool(AbstractConnectionPool):
         if workers is None:
             call()
         else:
-            run_bounded(call, conn, seconds, workers.schedule)
+            # An alarm, not a task: the workers may all be stuck connecting.
+            run_bounded(call, conn, seconds, workers.alarm)
 
     def _trusted(self, conn: Connection, deadline: float, timeout: float) -> Connection:
         """Probe ``conn`` if it is suspect; replace it while it turns out dead."""
@@ -712,7 +739,10 @@ class ConnectionPool(AbstractConnectionPool):
     # -- return -------------------------------------------------------------------
 
     def putconn(self, conn: Any) -> None:
-        """Give back a connection (the handle, or the real connection it wraps)."""
+        """Give back a connection: the handle, or the real connection it wraps.
+
+        A connection is taken back by its real object only once in its life.
+        """
         if type(conn) is self._handle_class:
             # _claim(), inlined for the common case: this is the hot path. The
             # pool's own map finds the connection for less than wrapt would.
@@ -789,6 +819,11 @@ class ConnectionPool(AbstractConnectionPool):
         """Check that ``conn`` (handle or real connection) is out of this pool.
 
         Kill its handle and return the real connection and the handle.
+
+        A real connection does not say which checkout it comes from: once it is
+        out again, a late second return of it would look just like its new
+        holder's. So it is taken back raw only once in its life; then only
+        through its handle.
         """
         if type(conn) is self._handle_class:
             real = self._used.get(conn)
@@ -801,10 +836,20 @@ class ConnectionPool(AbstractConnectionPool):
             raise NotFromThisPool(
                 f"can't return connection to pool {self.name!r}: it comes from pool {owner.name!r}"
             )
-        handle = self._rused.get(id(conn))
-        if type(handle) is not self._handle_class:
-            raise self._unkeyed_error(conn)
-        handle.__wrapped__ = RETURNED
+        with self._mutex:
+            handle = self._rused.get(id(conn))
+            if type(handle) is not self._handle_class:
+                raise self._unkeyed_error(conn)
+            life = self._lives.get(id(conn))
+            if life is not None:
+                if life.given_back_raw:
+                    raise ConnectionReturned(
+                        "this connection was already returned to the pool by the real"
+                        " connection once: it is checked out again now, maybe by another"
+                        " client; give back the handle getconn() returned"
+                    )
+                life.given_back_raw = True
+            handle.__wrapped__ = RETURNED
         return conn, handle
 
     def _unkeyed_error(self, conn: Any) -> PoolError:
@@ -904,6 +949,11 @@ class ConnectionPool(AbstractConnectionPool):
         if connect_timeout is not None:
             arguments["connect_timeout"] = max(round(connect_timeout), 1)
         arguments.setdefault("dsn", conninfo or "")
+        if math.isfinite(self.reconnect_timeout) and not _bounds_connects(arguments):
+            # libpq would wait for ever on a network that went silent, holding
+            # a worker (or a client) all along. No attempt outlasts the time
+            # the pool gives reconnecting (libpq's minimum is 2 seconds).
+            arguments["connect_timeout"] = max(math.ceil(self.reconnect_timeout), 2)
         return arguments
 
     def _connect_attempt(self) -> float:
