@@ -159,6 +159,9 @@ class _LoopWorkers(Workers):
     def schedule(self, delay: float, task: Task) -> None:
         self._call(self._schedule, delay, task)
 
+    # Connects never block the loop: an alarm can be an ordinary timer.
+    alarm = schedule
+
     def _schedule(self, delay: float, task: Task) -> None:
         if self._stopping:
             return
@@ -562,7 +565,10 @@ class AsyncConnectionPool(ConnectionPool):
     # -- return -------------------------------------------------------------------
 
     async def putconn(self, conn: Any) -> None:  # type: ignore[override]
-        """Give back a connection (the handle, or the real connection it wraps)."""
+        """Give back a connection: the handle, or the real connection it wraps.
+
+        A connection is taken back by its real object only once in its life.
+        """
         real, handle = self._claim(conn)
         if real.closed or (real.get_transaction_status() == _IDLE and self._areset is None):
             self._file_return(real)  # nothing to restore: no I/O, no task
@@ -595,7 +601,9 @@ class AsyncConnectionPool(ConnectionPool):
 
     def _file_return(self, real: Connection) -> None:
         """The sync pool's return: lifetime, size, waiting clients, stats."""
-        super().putconn(real)
+        # By the handle, claimed already: the real connection is taken back only once.
+        handle = self._rused.get(id(real))
+        super().putconn(real if handle is None else handle)
 
     async def _restore_async(self, conn: Connection) -> None:
         """Bring a returned connection back to idle; close it if that fails."""

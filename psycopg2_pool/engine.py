@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, MutableSequence
 from time import monotonic
 from typing import Any, NoReturn
 
@@ -131,7 +131,8 @@ class AbstractConnectionPool:
         self._args = args
         self._kwargs = kwargs
         # The names below are psycopg2.pool's: subclasses in the wild read them.
-        self._pool: list[Connection] = []  # idle; the most recently returned is last
+        # Idle, the most recently returned last (a list, as psycopg2.pool's).
+        self._pool: MutableSequence[Connection] = []
         self._used: dict[Hashable, Connection] = {}  # key -> connection in use
         self._rused: dict[int, Hashable] = {}  # id(connection) -> key
         self._keys = 0
@@ -214,7 +215,7 @@ class AbstractConnectionPool:
                 self._used[key] = conn
                 self._rused[id(conn)] = key
             else:
-                self._pool.append(conn)
+                self._release(conn)
         return conn
 
     def _getkey(self) -> Hashable:
@@ -451,11 +452,11 @@ class AbstractConnectionPool:
             if self.closed:
                 raise self._closed_error()
             self.closed = True
-            conns = self._pool + list(self._used.values())
-            waiters = list(self._waiters)
+            conns = [*self._pool, *self._used.values()]
+            # Under the lock, so that a waiter timing out now finds the error.
+            for waiter in self._waiters:
+                waiter.fail(self._closed_error())
             self._waiters.clear()
-        for waiter in waiters:
-            waiter.fail(self._closed_error())
         for conn in conns:
             self._close_quietly(conn)
 

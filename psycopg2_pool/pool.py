@@ -27,7 +27,7 @@ from psycopg2 import extensions as _ext
 
 from . import stats as S
 from ._connect_options import split_options
-from ._masking import mask_dsn, mask_text, scrubbed, secrets_in
+from ._masking import mask_text, scrubbed, secrets_in
 from ._watchdog import readable_fds, run_bounded, socket_alive
 from .engine import (
     FOREVER,
@@ -42,14 +42,14 @@ from .errors import (
     NotFromThisPool,
     PoolClosed,
     PoolError,
-    PoolExhausted,
     PoolTimeout,
     TooManyRequests,
 )
+from .pool12 import ThreadSafeConnectionPool, spelled_v12
 from .workers import Backoff, Workers
 from .wrapper import RETURNED, PooledConnection, end_block
 
-__all__ = ["ConnectionPool", "ThreadSafeConnectionPool"]
+__all__ = ["ConnectionPool"]
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -61,43 +61,20 @@ _P = TypeVar("_P", bound="ConnectionPool")
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
 _QUEUED = S.REQUESTS_QUEUED
 _READY = _ext.STATUS_READY
-# Keywords that only psycopg2-pool 1.2 code passes.
-_V12_KEYWORDS = frozenset(("minconn", "maxconn", "idle_timeout"))
 _names = itertools.count(1)
-
-
-def _spelled_v12(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether a ``ConnectionPool(...)`` call is psycopg2-pool 1.2 code.
-
-    1.2's own keywords say so; so does a call made only of connect() keywords
-    (``ConnectionPool(dsn=...)``, ``ConnectionPool(host=..., dbname=...)``),
-    which psycopg_pool would reject: its connection settings go in
-    ``conninfo`` and ``kwargs``.
-    """
-    if _V12_KEYWORDS.intersection(kwargs):
-        return True
-    return not args and bool(kwargs) and not _FACADE_KEYWORDS.intersection(kwargs)
-
-
-def _has_connect_timeout(arguments: dict[str, Any]) -> bool:
-    """Whether the user set libpq's ``connect_timeout`` (keyword, conninfo or environment)."""
-    if arguments.get("connect_timeout") is not None or os.environ.get("PGCONNECT_TIMEOUT"):
-        return True
-    try:
-        return "connect_timeout" in _ext.parse_dsn(arguments.get("dsn") or "")
-    except psycopg2.ProgrammingError:  # malformed: the connection attempt will say so
-        return False
 
 
 class _Life:
     """What the pool remembers about one of its connections."""
 
-    __slots__ = ("expires", "idle_since", "verified")
+    __slots__ = ("expires", "given_back_raw", "idle_since", "verified")
 
     def __init__(self, expires: float, now: float) -> None:
         self.expires = expires
         self.idle_since = now
         self.verified = now  # last known to work: made, or probed, then
+        # putconn() took it back by the real connection once: never again.
+        self.given_back_raw = False
 
 
 def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
@@ -108,6 +85,21 @@ def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
             f"connection left in status {status_name(status)}"
             f" by {role} function {function!r}: discarded"
         )
+
+
+def _bounds_connects(arguments: dict[str, Any]) -> bool:
+    """Whether the user set how long a connect() with ``arguments`` may take.
+
+    In the keywords, the conninfo or the environment; a service file may set
+    it too, so a named service counts as set.
+    """
+    if "connect_timeout" in arguments or os.environ.keys() & {"PGCONNECT_TIMEOUT", "PGSERVICE"}:
+        return True
+    try:
+        params = _ext.parse_dsn(arguments.get("dsn") or "")
+    except psycopg2.ProgrammingError:
+        return True  # connect() reports the bad conninfo itself
+    return "connect_timeout" in params or "service" in params
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -182,8 +174,9 @@ class ConnectionPool(AbstractConnectionPool):
     _queue_when_full = True
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls is ConnectionPool and _spelled_v12(args, kwargs):
-            cls = ThreadSafeConnectionPool
+        if cls is ConnectionPool and spelled_v12(args, kwargs, _FACADE_KEYWORDS):
+            # Built whole here: not being a ConnectionPool, it gets no __init__ call.
+            return ThreadSafeConnectionPool(*args, **kwargs)
         return super().__new__(cls)
 
     def __init__(
@@ -378,7 +371,10 @@ class ConnectionPool(AbstractConnectionPool):
             if self.closed:
                 return
             self.closed = True
-            waiters = list(self._waiters)
+            # Failed under the lock: a client whose timeout runs out from now
+            # on finds its answer there, and does not look for itself in line.
+            for waiter in self._waiters:
+                waiter.fail(PoolClosed(f"the pool {self.name!r} is closed"))
             self._waiters.clear()
             idle = self._pool[:]
             self._pool.clear()
@@ -388,8 +384,6 @@ class ConnectionPool(AbstractConnectionPool):
             workers.stop(timeout)
         for conn in idle:
             self._drop(conn)
-        for waiter in waiters:
-            waiter.fail(PoolClosed(f"the pool {self.name!r} is closed"))
         logger.info("pool %r closed", self.name)
 
     def __enter__(self: _P) -> _P:
@@ -443,6 +437,7 @@ class ConnectionPool(AbstractConnectionPool):
             timeout = self.timeout
         handle: PooledConnection | None = None
         waiter: Waiter | None = None
+        called = 0.0  # when a client that waits called: its deadline runs from there
         # The engine's two common paths, inlined: a call less on each checkout
         # is measurable. Whatever else can happen (the pool is closed, growing,
         # limited in waiters...) goes the engine's way further down. Looking
@@ -486,6 +481,7 @@ class ConnectionPool(AbstractConnectionPool):
             finally:
                 mutex.release()
         if waiter is not None:
+            called = waiter.since
             # The engine's _wait, inlined for the same reason.
             try:
                 served = waiter._signal.acquire(True, timeout if timeout < FOREVER else -1)
@@ -496,6 +492,7 @@ class ConnectionPool(AbstractConnectionPool):
             if not served or conn is None:
                 conn = self._outcome(waiter, served, timeout)
         elif handle is None:
+            called = monotonic()
             conn = self._getconn(None, timeout)
         if handle is None:
             # Served by whoever gave a connection back: the key it was given to
@@ -505,18 +502,23 @@ class ConnectionPool(AbstractConnectionPool):
             )
             waited.__wrapped__ = conn
             handle = waited
-        if self._plain_checkout:
+        if self._plain_checkout and conn.get_transaction_status() == _IDLE:
             return handle
-        return self._prepare(conn, handle, timeout)
+        return self._prepare(conn, handle, timeout, called)
 
     def _prepare(
-        self, conn: Connection, handle: PooledConnection, timeout: float
+        self, conn: Connection, handle: PooledConnection, timeout: float, called: float
     ) -> PooledConnection:
-        """The checkout steps only some pools need: warning, check, leak tracking."""
+        """The checkout steps only some pools need: warning, check, leak tracking.
+
+        They run in what is left of the client's ``timeout`` since it ``called``
+        (0.0 if it was served without waiting).
+        """
         if self._open_implicit:
             self._warn_implicit_open()
-        deadline = monotonic() + timeout
+        deadline = (called or monotonic()) + timeout
         first = conn
+        conn = self._cleaned(conn, deadline, timeout)
         if self._suspect_before:
             conn = self._trusted(conn, deadline, timeout)
         if self._check is not None:
@@ -528,6 +530,26 @@ class ConnectionPool(AbstractConnectionPool):
         if self.leak_timeout is not None:
             self._checkouts[id(handle)] = (monotonic(), traceback.format_stack()[:-2])
         return handle
+
+    def _cleaned(self, conn: Connection, deadline: float, timeout: float) -> Connection:
+        """Never hand out a connection inside a transaction, whatever put it there.
+
+        Returned connections are rolled back, so one found in a transaction was
+        used while idle, through a reference kept after its return: roll it
+        back, or replace it if that fails.
+        """
+        while conn.get_transaction_status() != _IDLE or conn.status != _READY:
+            logger.warning(
+                "connection of %r found in status %s at checkout: rolled back",
+                self.name,
+                status_name(conn.get_transaction_status()),
+            )
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                self._discard_checked_out(conn, lost=True)
+                conn = self._next_candidate(deadline, timeout)
+        return conn
 
     def _getkey(self) -> Hashable:
         # Called under the lock for every request: the place to count them.
@@ -644,7 +666,8 @@ class ConnectionPool(AbstractConnectionPool):
         if workers is None:
             call()
         else:
-            run_bounded(call, conn, seconds, workers.schedule)
+            # An alarm, not a task: the workers may all be stuck connecting.
+            run_bounded(call, conn, seconds, workers.alarm)
 
     def _trusted(self, conn: Connection, deadline: float, timeout: float) -> Connection:
         """Probe ``conn`` if it is suspect; replace it while it turns out dead."""
@@ -725,7 +748,10 @@ class ConnectionPool(AbstractConnectionPool):
     # -- return -------------------------------------------------------------------
 
     def putconn(self, conn: Any) -> None:
-        """Give back a connection (the handle, or the real connection it wraps)."""
+        """Give back a connection: the handle, or the real connection it wraps.
+
+        A connection is taken back by its real object only once in its life.
+        """
         if type(conn) is self._handle_class:
             # _claim(), inlined for the common case: this is the hot path. The
             # pool's own map finds the connection for less than wrapt would.
@@ -802,6 +828,11 @@ class ConnectionPool(AbstractConnectionPool):
         """Check that ``conn`` (handle or real connection) is out of this pool.
 
         Kill its handle and return the real connection and the handle.
+
+        A real connection does not say which checkout it comes from: once it is
+        out again, a late second return of it would look just like its new
+        holder's. So it is taken back raw only once in its life; then only
+        through its handle.
         """
         if type(conn) is self._handle_class:
             real = self._used.get(conn)
@@ -814,10 +845,20 @@ class ConnectionPool(AbstractConnectionPool):
             raise NotFromThisPool(
                 f"can't return connection to pool {self.name!r}: it comes from pool {owner.name!r}"
             )
-        handle = self._rused.get(id(conn))
-        if type(handle) is not self._handle_class:
-            raise self._unkeyed_error(conn)
-        handle.__wrapped__ = RETURNED
+        with self._mutex:
+            handle = self._rused.get(id(conn))
+            if type(handle) is not self._handle_class:
+                raise self._unkeyed_error(conn)
+            life = self._lives.get(id(conn))
+            if life is not None:
+                if life.given_back_raw:
+                    raise ConnectionReturned(
+                        "this connection was already returned to the pool by the real"
+                        " connection once: it is checked out again now, maybe by another"
+                        " client; give back the handle getconn() returned"
+                    )
+                life.given_back_raw = True
+            handle.__wrapped__ = RETURNED
         return conn, handle
 
     def _unkeyed_error(self, conn: Any) -> PoolError:
@@ -920,9 +961,15 @@ class ConnectionPool(AbstractConnectionPool):
         """The keywords of one connect() call, from the resolved conninfo and kwargs."""
         arguments = {**self._connect_kwargs, **(kwargs or {})}
         arguments.setdefault("dsn", conninfo or "")
-        if connect_timeout is not None and not _has_connect_timeout(arguments):
-            # libpq counts whole seconds: never less than asked.
-            arguments["connect_timeout"] = max(math.ceil(connect_timeout), 1)
+        if not _bounds_connects(arguments):
+            if connect_timeout is not None:
+                # A caller's own deadline: libpq counts whole seconds, never less than asked.
+                arguments["connect_timeout"] = max(math.ceil(connect_timeout), 1)
+            elif math.isfinite(self.reconnect_timeout):
+                # libpq would wait for ever on a network that went silent, holding
+                # a worker (or a client) all along. No attempt outlasts the time
+                # the pool gives reconnecting (libpq's minimum is 2 seconds).
+                arguments["connect_timeout"] = max(math.ceil(self.reconnect_timeout), 2)
         return arguments
 
     def _connect_attempt(self) -> float:
@@ -1235,73 +1282,3 @@ _FACADE_KEYWORDS = frozenset(
         + ConnectionPool.__init__.__code__.co_kwonlyargcount
     ]
 )
-
-
-class ThreadSafeConnectionPool(ConnectionPool):
-    """psycopg2-pool 1.2's pool (``ConnectionPool(minconn=..., maxconn=...)`` too).
-
-    ``minconn`` connections are opened at once; a client that finds none idle
-    opens one itself, unless ``maxconn`` are out: then :meth:`getconn` raises
-    :class:`PoolError` ("connection pool exhausted") at once. Connections idle
-    for more than ``idle_timeout`` seconds are closed.
-    """
-
-    def __init__(
-        self,
-        minconn: int = 1,
-        maxconn: float = float("inf"),
-        idle_timeout: float = 600,
-        **connect_kwargs: Any,
-    ) -> None:
-        _check_int("minconn", minconn, 0)
-        if maxconn != float("inf"):
-            _check_int("maxconn", maxconn, 1)
-            if maxconn < minconn:
-                raise ValueError(f"maxconn must be at least minconn: {maxconn} < {minconn}")
-        idle_timeout = _check_seconds("idle_timeout", idle_timeout)
-        connect_kwargs.setdefault("dsn", "")
-        self.idle_timeout = idle_timeout
-        self.connect_kwargs = connect_kwargs
-        super().__init__(
-            kwargs=connect_kwargs,
-            min_size=max(minconn, 1),
-            open=False,
-            max_lifetime=float("inf"),
-            max_idle=idle_timeout or 1e-9,
-            num_workers=1,
-        )
-        self.minconn = minconn
-        self.maxconn = maxconn
-        self._open()
-        for _ in range(minconn):
-            self._connect()
-
-    def __repr__(self) -> str:
-        kwargs = {k: v for k, v in self.connect_kwargs.items() if k != "password"}
-        if "dsn" in kwargs:
-            kwargs["dsn"] = mask_dsn(kwargs["dsn"])
-        return (
-            f"<{type(self).__module__}.{type(self).__name__} {self.name!r}"
-            f" minconn={self.minconn} maxconn={self.maxconn} at 0x{id(self):x}>"
-        )
-
-    def _start_filling(self) -> None:
-        assert self._workers is not None
-        self._workers.schedule(self._sweep_interval(), self._sweep)
-
-    def _when_empty(self, key: Hashable) -> Waiter | None:
-        if len(self._used) + self._pending >= self.maxconn:
-            raise PoolExhausted("connection pool exhausted")
-        self._pending += 1
-        return None
-
-    def _replace(self) -> None:
-        pass  # like 1.2: connections are opened by the clients that need them
-
-    def clear(self) -> None:
-        """Close every idle connection, whatever ``minconn`` and ``idle_timeout`` say."""
-        with self._mutex:
-            idle = self._pool[:]
-            self._pool.clear()
-        for conn in idle:
-            self._drop(conn)

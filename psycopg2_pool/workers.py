@@ -1,6 +1,8 @@
 """Background threads that open connections and run the pool's housekeeping.
 
-Clients never connect themselves: they queue, and a worker serves them.
+Clients never connect themselves: they queue, and a worker serves them. The
+timer thread submits delayed tasks to the workers, and runs alarms itself:
+those must not wait behind a worker stuck in a connect.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ _STOP: Task = lambda: None  # noqa: E731 - a unique sentinel
 class Workers:
     """``num_workers`` threads running submitted tasks, plus one timer thread."""
 
+    #: Timer entries: (when, order, task, run by the timer thread itself).
+    _timers: list[tuple[float, int, Task, bool]]
+
     def __init__(self, name: str, num_workers: int) -> None:
         self.name = name
         self._tasks: queue.SimpleQueue[Task] = queue.SimpleQueue()
-        self._timers: list[tuple[float, int, Task]] = []
+        self._timers = []
         self._timers_changed = threading.Condition()
         self._order = itertools.count()
         self._stopping = False
@@ -47,8 +52,20 @@ class Workers:
 
     def schedule(self, delay: float, task: Task) -> None:
         """Submit ``task`` after ``delay`` seconds."""
+        self._at(delay, task, False)
+
+    def alarm(self, delay: float, task: Task) -> None:
+        """Run ``task`` on the timer thread itself after ``delay`` seconds.
+
+        Only for tasks that never block (shutting a socket down): they run even
+        while every worker waits on a connect that may take minutes.
+        """
+        self._at(delay, task, True)
+
+    def _at(self, delay: float, task: Task, alarm: bool) -> None:
         with self._timers_changed:
-            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._order), task))
+            entry = (time.monotonic() + delay, next(self._order), task, alarm)
+            heapq.heappush(self._timers, entry)
             self._timers_changed.notify()
 
     def stop(self, timeout: float) -> None:
@@ -77,13 +94,25 @@ class Workers:
                 logger.exception("task %r failed in %s", task, threading.current_thread().name)
 
     def _tick(self) -> None:
-        with self._timers_changed:
-            while not self._stopping:
+        while True:
+            alarms = []
+            with self._timers_changed:
+                if self._stopping:
+                    return
                 now = time.monotonic()
                 while self._timers and self._timers[0][0] <= now:
-                    self._tasks.put(heapq.heappop(self._timers)[2])
-                delay = self._timers[0][0] - now if self._timers else None
-                self._timers_changed.wait(delay)
+                    _, _, task, alarm = heapq.heappop(self._timers)
+                    if alarm:
+                        alarms.append(task)
+                    else:
+                        self._tasks.put(task)
+                if not alarms:
+                    self._timers_changed.wait(self._timers[0][0] - now if self._timers else None)
+            for task in alarms:  # outside the lock: schedule() never waits for them
+                try:
+                    task()
+                except Exception:  # a failing alarm must not stop the timers
+                    logger.exception("alarm %r failed in %s", task, threading.current_thread().name)
 
 
 class Backoff:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from operator import attrgetter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import wrapt
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE as _IDLE
@@ -74,6 +74,74 @@ def end_block(pool: Any, handle: Any, conn: Any, commit: bool) -> None:
         pool.putconn(handle)
 
 
+#: The cursor methods that reach the connection or its results: after the
+#: handle went back, each raises instead of touching a connection that another
+#: client may now hold.
+_CURSOR_USES = (
+    "execute",
+    "executemany",
+    "callproc",
+    "mogrify",
+    "fetchone",
+    "fetchmany",
+    "fetchall",
+    "scroll",
+    "copy_from",
+    "copy_to",
+    "copy_expert",
+    "cast",
+    "nextset",
+    "close",
+    "__next__",
+    "__enter__",
+    "__exit__",
+)
+
+_guarded_cursor_classes: dict[type[Cursor], type[Cursor]] = {}
+
+
+def _guarded_use(method: Any) -> Any:
+    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._pool_handle.__wrapped__ is RETURNED:
+            raise _returned_error()
+        return method(self, *args, **kwargs)
+
+    guarded.__name__ = method.__name__
+    guarded.__qualname__ = getattr(method, "__qualname__", method.__name__)
+    guarded.__doc__ = method.__doc__
+    return guarded
+
+
+_cursor_connection: Any = vars(Cursor)["connection"]
+
+
+def _guarded_connection(self: Any) -> Any:
+    if self._pool_handle.__wrapped__ is RETURNED:
+        raise _returned_error()
+    return _cursor_connection.__get__(self)
+
+
+def guarded_cursor_class(factory: type[Cursor]) -> type[Cursor]:
+    """The subclass of cursor class ``factory`` that a handle's cursors are made of.
+
+    It behaves as ``factory`` while the handle is checked out; once the handle
+    went back, every use of the cursor raises :class:`ConnectionReturned`.
+    """
+    guarded = _guarded_cursor_classes.get(factory)
+    if guarded is None:
+        namespace: dict[str, Any] = {
+            name: _guarded_use(getattr(factory, name))
+            for name in _CURSOR_USES
+            if hasattr(factory, name)
+        }
+        namespace["__slots__"] = ("_pool_handle",)
+        namespace["__module__"] = factory.__module__
+        namespace["connection"] = property(_guarded_connection, doc=Cursor.connection.__doc__)
+        guarded = type(factory.__name__, (factory,), namespace)
+        _guarded_cursor_classes[factory] = guarded
+    return guarded
+
+
 if TYPE_CHECKING:
     _Proxy = wrapt.BaseObjectProxy[Any]
 else:
@@ -115,7 +183,6 @@ class PooledConnection(_Proxy):
     __eq__ = object.__eq__
     __ne__ = object.__ne__
 
-    cursor = _forward("cursor")
     commit = _forward("commit")
     rollback = _forward("rollback")
     closed = _forward("closed")
@@ -137,9 +204,29 @@ class PooledConnection(_Proxy):
     # A builtin that takes no argument is the cheapest thing to call.
     __wrapped_setattr_fixups__ = staticmethod(int)
 
+    def cursor(
+        self,
+        name: str | None = None,
+        cursor_factory: type[Cursor] | None = None,
+        scrollable: bool | None = None,
+        withhold: bool = False,
+    ) -> Cursor:
+        """A new cursor, as the connection's; it is dead once the handle went back."""
+        conn = self.__wrapped__
+        factory = cursor_factory or conn.cursor_factory or Cursor
+        # psycopg2 refuses scrollable/withhold on unnamed cursors, even unset.
+        options = {} if name is None else {"scrollable": scrollable, "withhold": withhold}
+        if not isinstance(factory, type):
+            # A factory function: its cursors cannot be guarded by subclassing.
+            unguarded: Cursor = conn.cursor(name, factory, **options)
+            return unguarded
+        cur: Any = conn.cursor(name, guarded_cursor_class(factory), **options)
+        cur._pool_handle = self
+        return cast(Cursor, cur)
+
     def execute(self, query: Any, params: Any = None) -> Cursor:
         """Execute ``query`` on a new cursor and return the cursor, as psycopg 3 does."""
-        cur: Cursor = self.__wrapped__.cursor()
+        cur = self.cursor()
         cur.execute(query, params)
         return cur
 

@@ -298,6 +298,80 @@ def test_waiters_get_pool_closed_when_pool_closes(make_pool):
     pool.putconn(holder)  # returning to a closed pool does not raise
 
 
+def _wait_for_one(pool: ConnectionPool, timeout: float, errors: list[BaseException]) -> None:
+    try:
+        pool.putconn(pool.getconn(timeout=timeout))
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_waiters_timing_out_while_pool_closes_get_pool_closed_or_pool_timeout(dsn):
+    """close() waits for its workers before it is done; clients whose timeout
+    runs out meanwhile get PoolClosed or PoolTimeout, never anything else."""
+    growing = threading.Event()
+    busy = threading.Event()
+
+    def slow_configure(conn: Any) -> None:
+        # Keeps a worker busy, so that close() waits for it while clients time out.
+        if growing.is_set():
+            busy.set()
+            time.sleep(0.5)
+
+    for _ in range(3):
+        pool = ConnectionPool(
+            dsn_with(dsn, application_name=app_name()),
+            min_size=1,
+            max_size=2,
+            open=True,
+            configure=slow_configure,
+        )
+        got: list[BaseException] = []
+        try:
+            pool.wait(5)
+            holder = pool.getconn()
+            busy.clear()
+            growing.set()
+            threads = [
+                threading.Thread(target=_wait_for_one, args=(pool, 0.2 + 0.02 * i, got))
+                for i in range(10)
+            ]
+            for t in threads:
+                t.start()
+            assert busy.wait(5)
+            pool.close()
+            for t in threads:
+                t.join(5)
+            pool.putconn(holder)
+        finally:
+            growing.clear()
+            pool.close()
+        assert all(isinstance(e, (PoolClosed, PoolTimeout)) for e in got), got
+
+
+def test_check_after_a_wait_in_line_is_bounded_by_what_is_left_of_the_timeout(make_pool):
+    """The client's timeout runs from its getconn() call: time spent in line
+    counts, and a slow check only gets what is left."""
+    slow = threading.Event()
+
+    def check(conn: Any) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_sleep(10)" if slow.is_set() else "SELECT 1")
+        conn.rollback()
+
+    pool, _, _ = make_pool(min_size=1, max_size=1, check=check)
+    pool.wait(5)
+    holder = pool.getconn(timeout=5)
+    slow.set()
+    returner = threading.Timer(0.6, pool.putconn, (holder,))
+    returner.start()
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=1.0)
+    elapsed = time.monotonic() - started
+    returner.join()
+    assert elapsed < 1.3, f"getconn(timeout=1) took {elapsed:.2f} s"
+
+
 # -- sizing ---------------------------------------------------------------------
 
 
