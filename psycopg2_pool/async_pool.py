@@ -52,7 +52,7 @@ from .engine import AbstractConnectionPool, Connection, Waiter
 from .errors import PoolTimeout
 from .null_pool import NullConnectionPool
 from .pool import ConnectionPool, _ensure_idle
-from .workers import Task, Workers
+from .workers import Task, WeakCall, Workers
 from .wrapper import RETURNED
 
 __all__ = ["AsyncConnectionPool", "AsyncNullConnectionPool"]
@@ -151,11 +151,11 @@ class _LoopWorkers(Workers):
         else:
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def submit(self, task: Task) -> None:
-        self._call(self._loop.call_soon, self._run, task)
+    def submit(self, method: Callable[..., object], *args: Any) -> None:
+        self._call(self._loop.call_soon, self._run, WeakCall(method, args))
 
-    def schedule(self, delay: float, task: Task) -> None:
-        self._call(self._schedule, delay, task)
+    def schedule(self, delay: float, method: Callable[..., object], *args: Any) -> None:
+        self._call(self._schedule, delay, WeakCall(method, args))
 
     def _schedule(self, delay: float, task: Task) -> None:
         if self._stopping:
@@ -193,6 +193,9 @@ class _LoopWorkers(Workers):
 
     def stop(self, timeout: float) -> None:
         """Stop taking tasks and cancel the timers; see :meth:`join` for the running ones."""
+        self.signal_stop()
+
+    def signal_stop(self) -> None:
         self._stopping = True
         with contextlib.suppress(RuntimeError):  # the loop is closed already
             self._call(self._cancel_timers)

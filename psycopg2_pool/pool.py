@@ -392,9 +392,12 @@ class ConnectionPool(AbstractConnectionPool):
         self.close()
 
     def __del__(self) -> None:
+        # Dropped without close(): the workers hold the pool weakly (see
+        # WeakCall), so it gets here. Its idle connections close as they are
+        # freed with it; its threads are told to end, and nothing waits here.
         workers = getattr(self, "_workers", None)
         if workers is not None and not getattr(self, "closed", True):
-            workers.stop(0.0)
+            workers.signal_stop()
 
     def _refuse(self) -> NoReturn:
         self._requests += 1  # psycopg_pool counts refused requests too
@@ -551,7 +554,7 @@ class ConnectionPool(AbstractConnectionPool):
             # is busy for long; the sweep looks again within a second.
             dropped = self._take_dropped_handles()
             if dropped:
-                self._workers.submit(partial(self._settle_dropped, dropped))
+                self._workers.submit(self._settle_dropped, dropped)
         self._grow()
         return waiter
 
@@ -591,7 +594,7 @@ class ConnectionPool(AbstractConnectionPool):
         assert self._workers is not None
         self._pending += 1
         logger.info("growing pool %r to %s", self.name, self._size())
-        self._workers.submit(lambda: self._add_connection(growing=True))
+        self._workers.submit(self._add_connection, None, True)
 
     def _grow_if_still_needed(self) -> None:
         with self._mutex:
@@ -948,7 +951,7 @@ class ConnectionPool(AbstractConnectionPool):
                     if size < self.minconn or (self._waiters and size < self.maxconn):
                         self._pending += 1
                         assert self._workers is not None
-                        self._workers.submit(lambda: self._add_connection(growing=True))
+                        self._workers.submit(self._add_connection, None, True)
                     else:
                         self._growing = False
         if late:
@@ -966,7 +969,7 @@ class ConnectionPool(AbstractConnectionPool):
                 return
             if delay is not None:
                 workers = self._workers
-                workers.schedule(delay, lambda: self._add_connection(attempt, growing))
+                workers.schedule(delay, self._add_connection, attempt, growing)
                 return
             self._pending -= 1
             if growing:

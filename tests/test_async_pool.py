@@ -6,10 +6,12 @@ No pytest-asyncio here: each test runs its coroutine with :func:`run`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Coroutine, Iterator
 from typing import Any, Callable, TypeVar
 
@@ -146,6 +148,22 @@ def test_async_with_opens_and_closes(target):
                 cur = await conn.execute("select 1")
                 assert await cur.fetchone() == (1,)
         assert pool.closed
+
+    run(main())
+
+
+def test_dropped_open_pool_is_collected_and_its_connections_close(target):
+    async def main() -> weakref.ref[Any]:
+        pool = make(target, min_size=2)
+        await pool.open(wait=True, timeout=5)
+        async with pool.connection() as conn:
+            await conn.execute("select 1")
+        ref = weakref.ref(pool)
+        del pool, conn
+        gc.collect()
+        assert ref() is None
+        await eventually(lambda: not target.backends())
+        return ref
 
     run(main())
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -85,6 +87,23 @@ def test_context_manager_opens_and_closes(dsn):
             assert conn.execute("select 1").fetchone() == (1,)
     assert pool.closed
     wait_for(lambda: backends(pdsn, name) == [])
+
+
+def test_dropped_open_pool_is_collected_and_its_threads_and_connections_end(dsn):
+    name = app_name()
+    pdsn = dsn_with(dsn, application_name=name)
+    pool = ConnectionPool(pdsn, min_size=2, open=True, name=name)
+    pool.wait(5)
+    with pool.connection() as conn:
+        conn.execute("select 1")
+    threads = [t for t in threading.enumerate() if t.name.startswith(f"{name}-")]
+    assert threads
+    ref = weakref.ref(pool)
+    del pool, conn
+    gc.collect()
+    assert ref() is None
+    wait_for(lambda: not any(t.is_alive() for t in threads), message="the workers to end")
+    wait_for(lambda: backends(pdsn, name) == [], message="the connections to close")
 
 
 def test_open_twice_is_fine(make_pool):
