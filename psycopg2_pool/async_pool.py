@@ -746,7 +746,6 @@ class AsyncConnectionPool(ConnectionPool):
         self._returning.clear()
         self._filled = _Filled(self._mutex)
         self._growing = False
-        self._oversize = False
         self._workers = None
         self._opened = True
         self.closed = True

@@ -200,6 +200,8 @@ class ConnectionPool(AbstractConnectionPool):
     ) -> None:
         min_size, max_size = self._check_size(min_size, max_size)
         self._setup(min_size, max_size, (), {})
+        # The fewest idle connections since the last shrink (see _shrink).
+        self._idle_low = min_size
         self.closed = True
         self._opened = False
         self._open_implicit = False
@@ -241,7 +243,6 @@ class ConnectionPool(AbstractConnectionPool):
         self._lives: dict[int, _Life] = {}
         self._growing = False
         self._connect_time = 0.0  # seconds a connection takes to open, on average
-        self._oversize = False
         self._filled = threading.Condition(self._mutex)
         self._workers: Workers | None = None
         self._secrets = self._find_secrets()
@@ -330,6 +331,7 @@ class ConnectionPool(AbstractConnectionPool):
             self._pending += 1
             self._workers.submit(self._add_connection)
         self._workers.schedule(self._sweep_interval(), self._sweep)
+        self._workers.schedule(self.max_idle, self._shrink)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until the pool holds ``min_size`` connections.
@@ -442,7 +444,10 @@ class ConnectionPool(AbstractConnectionPool):
                 if self._pool and not self.closed:
                     # An idle connection: the handle can wrap it as it is made,
                     # which costs wrapt a third less than setting __wrapped__ after.
-                    conn = self._pool.pop()
+                    idle = self._pool
+                    conn = idle.pop()
+                    if len(idle) < self._idle_low:
+                        self._idle_low = len(idle)  # see _shrink
                     if self._wrap_at_birth:
                         handle = self._handle_class(conn)
                     else:
@@ -518,9 +523,13 @@ class ConnectionPool(AbstractConnectionPool):
         return handle
 
     def _getkey(self) -> Hashable:
-        # Called under the lock for every request: the place to count them.
+        # Called under the lock for every request: the place to count them, and
+        # to note how few idle connections are left once it takes one.
         # The key is the (still empty) handle the client will get.
         self._requests += 1
+        idle_left = max(len(self._pool) - 1, 0)
+        if idle_left < self._idle_low:
+            self._idle_low = idle_left
         return self._new_handle(self._handle_class)
 
     def _update_plain_checkout(self) -> None:
@@ -724,7 +733,7 @@ class ConnectionPool(AbstractConnectionPool):
             self._leaks_reported.discard(id(handle))
         life = self._lives.get(id(real))
         now = monotonic()
-        close = life is None or life.expires <= now or (self._oversize and self._over_max())
+        close = life is None or life.expires <= now
         if life is not None:
             life.idle_since = now
             if life.verified < self._suspect_before and not close:
@@ -808,13 +817,6 @@ class ConnectionPool(AbstractConnectionPool):
             f"can't return connection to pool {self.name!r}: it was not checked out of it,"
             " or was already returned"
         )
-
-    def _over_max(self) -> bool:
-        with self._mutex:
-            over = bool(self._size() > self.maxconn)
-            if not over:
-                self._oversize = False
-            return over
 
     def _restore(self, conn: Connection) -> bool:
         if conn.closed:
@@ -993,7 +995,7 @@ class ConnectionPool(AbstractConnectionPool):
         return min(max(period, 0.02), 1.0)
 
     def _sweep(self) -> None:
-        """Periodic task: close expired and surplus idle connections, find leaks."""
+        """Periodic task: close expired idle connections, find dead and leaked ones."""
         now = monotonic()
         closing = []
         with self._mutex:
@@ -1004,12 +1006,7 @@ class ConnectionPool(AbstractConnectionPool):
             # The idle list is oldest-returned first: the front idled longest.
             for conn in self._pool:
                 life = self._lives.get(id(conn))
-                if (
-                    life is None
-                    or life.expires <= now
-                    or size > self.maxconn
-                    or (size > self.minconn and now - life.idle_since >= self.max_idle)
-                ):
+                if life is None or life.expires <= now or self._idled_out(life, now, size):
                     closing.append(conn)
                     size -= 1
                 else:
@@ -1032,6 +1029,42 @@ class ConnectionPool(AbstractConnectionPool):
         self._probe_idle()
         if self.leak_timeout is not None:
             self._report_leaks(now)
+
+    def _idled_out(self, life: _Life, now: float, size: int) -> bool:
+        """Under the lock: close this idle connection for having idled too long?
+
+        Not here: :meth:`_shrink` takes the surplus away one at a time instead.
+        """
+        return False
+
+    def _shrink(self) -> None:
+        """Periodic task, every ``max_idle``: close one connection if one was not needed.
+
+        If idle connections were left over at every moment of the last period
+        (the fewest seen stayed above zero) and the pool is above ``min_size``,
+        close the one idle longest. One per period, as psycopg_pool does, so a
+        pool shrinks gradually after a peak or a :meth:`resize` down.
+        """
+        surplus = None
+        with self._mutex:
+            if self.closed or self._workers is None:
+                return
+            fewest = self._idle_low
+            if fewest > 0 and self._pool and self._size() > self.minconn:
+                surplus = self._pool.pop(0)
+                size = self._size()
+            # A new period starts: getconn() lowers this as it takes connections.
+            self._idle_low = len(self._pool)
+            self._workers.schedule(self.max_idle, self._shrink)
+        if surplus is not None:
+            logger.info(
+                "pool %r: at least %s connections stayed idle for %s sec; closing one, %s left",
+                self.name,
+                fewest,
+                self.max_idle,
+                size,
+            )
+            self._drop(surplus)
 
     def _settle_dropped(self, conns: list[Connection]) -> None:
         for conn in conns:
@@ -1083,7 +1116,6 @@ class ConnectionPool(AbstractConnectionPool):
         self._leaks_reported.clear()
         self._filled = threading.Condition(self._mutex)
         self._growing = False
-        self._oversize = False
         if self._workers is not None:
             # The parent's threads do not exist here: start the child's own.
             self._workers = self._make_workers()
@@ -1158,7 +1190,6 @@ class ConnectionPool(AbstractConnectionPool):
         with self._mutex:
             self.minconn = min_size
             self.maxconn = max_size
-            self._oversize = self._size() > max_size
             grow = 0 if self.closed else max(0, min_size - self._size())
             self._pending += grow
             for _ in range(grow):
@@ -1260,6 +1291,9 @@ class ThreadSafeConnectionPool(ConnectionPool):
     def _start_filling(self) -> None:
         assert self._workers is not None
         self._workers.schedule(self._sweep_interval(), self._sweep)
+
+    def _idled_out(self, life: _Life, now: float, size: int) -> bool:
+        return size > self.minconn and now - life.idle_since >= self.max_idle
 
     def _when_empty(self, key: Hashable) -> Waiter | None:
         if len(self._used) + self._pending >= self.maxconn:

@@ -369,6 +369,38 @@ def test_lifo_most_recently_returned_is_handed_out_first(make_pool):
     pool.putconn(d)
 
 
+def sizes_until(pool: ConnectionPool, size: int, timeout: float) -> list[int]:
+    """The pool sizes seen (each change once) until the pool is down to ``size``."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = pool.get_stats()["pool_size"]
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        if now <= size:
+            break
+        time.sleep(0.01)
+    return seen
+
+
+def test_max_idle_closes_surplus_connections_one_per_period(make_pool):
+    pool, pdsn, name = make_pool(min_size=1, max_size=4, max_idle=0.5)
+    pool.wait(5)
+    conns = [pool.getconn() for _ in range(4)]
+    for c in conns:
+        pool.putconn(c)
+    assert sizes_until(pool, 1, timeout=10) == [4, 3, 2, 1]
+    wait_for(lambda: len(backends(pdsn, name)) == 1)
+
+
+def test_resize_down_closes_surplus_connections_one_per_period(make_pool):
+    pool, pdsn, name = make_pool(min_size=4, max_idle=0.5)
+    pool.wait(5)
+    pool.resize(1, 1)
+    assert sizes_until(pool, 1, timeout=10) == [4, 3, 2, 1]
+    wait_for(lambda: len(backends(pdsn, name)) == 1)
+
+
 # -- callbacks ------------------------------------------------------------------
 
 
@@ -473,7 +505,7 @@ def test_broken_returned_connection_is_replaced(make_pool):
 
 
 def test_resize_up_and_down(make_pool):
-    pool, pdsn, name = make_pool(min_size=1, max_size=1)
+    pool, pdsn, name = make_pool(min_size=1, max_size=1, max_idle=0.2)
     pool.wait(5)
     pool.resize(3, 4)
     assert (pool.min_size, pool.max_size) == (3, 4)
@@ -485,8 +517,8 @@ def test_resize_up_and_down(make_pool):
         pool.putconn(c)
     stats = pool.get_stats()
     assert stats["pool_min"] == 1 and stats["pool_max"] == 1
-    # The surplus goes, down to max_size at most.
-    wait_for(lambda: len(backends(pdsn, name)) <= 1, timeout=3)
+    # As psycopg_pool: the surplus goes one connection per max_idle period.
+    wait_for(lambda: len(backends(pdsn, name)) <= 1, timeout=5)
     assert pool.get_stats()["pool_size"] <= 1
 
 
