@@ -697,7 +697,7 @@ class AsyncConnectionPool(ConnectionPool):
     async def check(self) -> None:  # type: ignore[override]
         """Check the idle connections now; replace those that fail."""
         with self._mutex:
-            conns = self._pool[:]
+            conns = list(self._pool)
             self._pool.clear()
             self._pending += len(conns)
         for conn in conns:

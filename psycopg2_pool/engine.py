@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, MutableSequence
 from time import monotonic
 from typing import Any, NoReturn
 
@@ -131,7 +131,10 @@ class AbstractConnectionPool:
         self._args = args
         self._kwargs = kwargs
         # The names below are psycopg2.pool's: subclasses in the wild read them.
-        self._pool: list[Connection] = []  # idle; the most recently returned is last
+        # Idle connections: clients take the last one (pop()). Returned ones are
+        # appended, so the most recently returned goes out first; the
+        # psycopg_pool-style pools put them in at the other end instead.
+        self._pool: MutableSequence[Connection] = []
         self._used: dict[Hashable, Connection] = {}  # key -> connection in use
         self._rused: dict[int, Hashable] = {}  # id(connection) -> key
         self._keys = 0
@@ -218,7 +221,11 @@ class AbstractConnectionPool:
         return conn
 
     def _getkey(self) -> Hashable:
-        """Return a new unique key."""
+        """Return a new unique key.
+
+        Called under the lock for each request without a key, just before the
+        client takes an idle connection (if there is one).
+        """
         return _new_key(AutoKey)
 
     def _getconn(self, key: Hashable | None = None, timeout: float | None = None) -> Connection:
@@ -447,7 +454,7 @@ class AbstractConnectionPool:
             if self.closed:
                 raise self._closed_error()
             self.closed = True
-            conns = self._pool + list(self._used.values())
+            conns = [*self._pool, *self._used.values()]
             waiters = list(self._waiters)
             self._waiters.clear()
         for waiter in waiters:

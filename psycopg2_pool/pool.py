@@ -14,7 +14,7 @@ import random
 import threading
 import traceback
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from functools import partial
 from time import monotonic
@@ -164,6 +164,12 @@ class ConnectionPool(AbstractConnectionPool):
 
     _keep_all = True
     _fresh_keys = True
+    #: Idle connections, the one idle longest last: clients take it, so that
+    #: every connection is used in turn and kept warm, and returned ones go in
+    #: at the front (as psycopg_pool does; see ``_newest_first``).
+    _pool: deque[Connection]
+    #: Hand out the most recently returned connection first instead (LIFO).
+    _newest_first = False
     #: A client that finds the pool at ``max_size`` with others already in
     #: line just joins the line (growth and the dropped-handle scan were
     #: decided by the first).
@@ -200,6 +206,10 @@ class ConnectionPool(AbstractConnectionPool):
     ) -> None:
         min_size, max_size = self._check_size(min_size, max_size)
         self._setup(min_size, max_size, (), {})
+        self._pool = deque()
+        # Keep a connection idle: bound once, this is the hot path. The deque
+        # is never replaced, only emptied and refilled.
+        self._keep_idle = self._pool.append if self._newest_first else self._pool.appendleft
         # The fewest idle connections since the last shrink (see _shrink).
         self._idle_low = min_size
         self.closed = True
@@ -367,7 +377,7 @@ class ConnectionPool(AbstractConnectionPool):
             self.closed = True
             waiters = list(self._waiters)
             self._waiters.clear()
-            idle = self._pool[:]
+            idle = list(self._pool)
             self._pool.clear()
             workers, self._workers = self._workers, None
             self._filled.notify_all()
@@ -764,7 +774,7 @@ class ConnectionPool(AbstractConnectionPool):
                         waiter.serve(real)
                     else:
                         del self._rused[id(real)]
-                        self._pool.append(real)
+                        self._keep_idle(real)
                     return
             finally:
                 mutex.release()
@@ -817,6 +827,12 @@ class ConnectionPool(AbstractConnectionPool):
             f"can't return connection to pool {self.name!r}: it was not checked out of it,"
             " or was already returned"
         )
+
+    def _release(self, conn: Connection) -> None:
+        if self._waiters:
+            super()._release(conn)
+        else:
+            self._keep_idle(conn)
 
     def _restore(self, conn: Connection) -> bool:
         if conn.closed:
@@ -1003,7 +1019,8 @@ class ConnectionPool(AbstractConnectionPool):
                 return
             size = self._size()
             keep = []
-            # The idle list is oldest-returned first: the front idled longest.
+            # Left to right: in a pool that reuses the newest first, the
+            # connection that idled longest comes first (see _idled_out).
             for conn in self._pool:
                 life = self._lives.get(id(conn))
                 if life is None or life.expires <= now or self._idled_out(life, now, size):
@@ -1011,7 +1028,10 @@ class ConnectionPool(AbstractConnectionPool):
                     size -= 1
                 else:
                     keep.append(conn)
-            self._pool[:] = keep
+            if closing:
+                # In place: _keep_idle is bound to this deque.
+                self._pool.clear()
+                self._pool.extend(keep)
             dropped = self._take_dropped_handles()
             if self._suspect_before and all(
                 life.verified >= self._suspect_before for life in self._lives.values()
@@ -1033,7 +1053,8 @@ class ConnectionPool(AbstractConnectionPool):
     def _idled_out(self, life: _Life, now: float, size: int) -> bool:
         """Under the lock: close this idle connection for having idled too long?
 
-        Not here: :meth:`_shrink` takes the surplus away one at a time instead.
+        Not here: connections used in turn are never idle for long, and
+        :meth:`_shrink` takes the surplus away one at a time instead.
         """
         return False
 
@@ -1051,7 +1072,7 @@ class ConnectionPool(AbstractConnectionPool):
                 return
             fewest = self._idle_low
             if fewest > 0 and self._pool and self._size() > self.minconn:
-                surplus = self._pool.pop(0)
+                surplus = self._pool.pop()
                 size = self._size()
             # A new period starts: getconn() lowers this as it takes connections.
             self._idle_low = len(self._pool)
@@ -1124,7 +1145,7 @@ class ConnectionPool(AbstractConnectionPool):
     def check(self) -> None:
         """Check the idle connections now; replace those that fail."""
         with self._mutex:
-            conns = self._pool[:]
+            conns = list(self._pool)
             self._pool.clear()
             self._pending += len(conns)
         now = monotonic()
@@ -1166,7 +1187,7 @@ class ConnectionPool(AbstractConnectionPool):
     def drain(self) -> None:
         """Replace every connection: idle ones now, the others when given back."""
         with self._mutex:
-            idle = self._pool[:]
+            idle = list(self._pool)
             self._pool.clear()
             for life in self._lives.values():
                 life.expires = 0.0
@@ -1249,6 +1270,10 @@ class ThreadSafeConnectionPool(ConnectionPool):
     for more than ``idle_timeout`` seconds are closed.
     """
 
+    #: As 1.2: the most recently returned connection goes out first, so that
+    #: the others idle out, each after ``idle_timeout`` seconds.
+    _newest_first = True
+
     def __init__(
         self,
         minconn: int = 1,
@@ -1307,7 +1332,7 @@ class ThreadSafeConnectionPool(ConnectionPool):
     def clear(self) -> None:
         """Close every idle connection, whatever ``minconn`` and ``idle_timeout`` say."""
         with self._mutex:
-            idle = self._pool[:]
+            idle = list(self._pool)
             self._pool.clear()
         for conn in idle:
             self._drop(conn)

@@ -12,6 +12,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections import Counter
 from collections.abc import Coroutine, Iterator
 from typing import Any, Callable, TypeVar
 
@@ -408,6 +409,19 @@ def test_async_mode_limitations_raise_clearly(target):
 
 
 # -- waiting, limits, errors --------------------------------------------------------
+
+
+def test_idle_connections_are_used_in_turn(target):
+    async def main() -> None:
+        async with make(target, min_size=4) as pool:
+            await pool.wait()
+            uses: Counter[int] = Counter()
+            for _ in range(8):
+                async with pool.connection() as conn:
+                    uses[conn.get_backend_pid()] += 1
+            assert sorted(uses.values()) == [2, 2, 2, 2]
+
+    run(main())
 
 
 def test_waiters_are_served_fifo_and_timeout(target):

@@ -9,6 +9,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -355,18 +356,29 @@ def test_max_lifetime_replaces_connections(make_pool):
         assert pid_of(conn) not in first
 
 
-def test_lifo_most_recently_returned_is_handed_out_first(make_pool):
+def test_longest_idle_connection_is_handed_out_first(make_pool):
     pool, _, _ = make_pool(min_size=3)
     pool.wait(5)
     a, b, c = (pool.getconn() for _ in range(3))
-    pids = {id(x): pid_of(x) for x in (a, b, c)}
-    pid_b = pids[id(b)]
-    pool.putconn(a)
-    pool.putconn(c)
-    pool.putconn(b)
-    d = pool.getconn()
-    assert pid_of(d) == pid_b
-    pool.putconn(d)
+    returned = [pid_of(x) for x in (a, c, b)]
+    for x in (a, c, b):
+        pool.putconn(x)
+    handed = [pool.getconn() for _ in range(3)]
+    assert [pid_of(x) for x in handed] == returned
+    for x in handed:
+        pool.putconn(x)
+
+
+def test_idle_connections_are_used_in_turn(make_pool):
+    # As psycopg_pool: every connection stays warm, none idles into a server
+    # or firewall idle timeout while the others do all the work.
+    pool, _, _ = make_pool(min_size=4)
+    pool.wait(5)
+    uses: Counter[int] = Counter()
+    for _ in range(8):
+        with pool.connection() as conn:
+            uses[pid_of(conn)] += 1
+    assert sorted(uses.values()) == [2, 2, 2, 2]
 
 
 def sizes_until(pool: ConnectionPool, size: int, timeout: float) -> list[int]:
@@ -399,6 +411,21 @@ def test_resize_down_closes_surplus_connections_one_per_period(make_pool):
     pool.resize(1, 1)
     assert sizes_until(pool, 1, timeout=10) == [4, 3, 2, 1]
     wait_for(lambda: len(backends(pdsn, name)) == 1)
+
+
+def test_pool_used_in_turn_still_shrinks_to_min_size(make_pool):
+    # One client at a time uses every connection in turn, so none stays idle
+    # for max_idle; yet at no moment were more than one needed.
+    pool, _, _ = make_pool(min_size=1, max_size=3, max_idle=0.3)
+    pool.wait(5)
+    conns = [pool.getconn() for _ in range(3)]
+    for c in conns:
+        pool.putconn(c)
+    deadline = time.monotonic() + 10
+    while pool.get_stats()["pool_size"] > 1 and time.monotonic() < deadline:
+        with pool.connection():
+            time.sleep(0.02)
+    assert pool.get_stats()["pool_size"] == 1
 
 
 # -- callbacks ------------------------------------------------------------------
