@@ -164,9 +164,9 @@ class ConnectionPool(AbstractConnectionPool):
 
     _keep_all = True
     _fresh_keys = True
-    #: Idle connections, the one idle longest last: clients take it, so that
-    #: every connection is used in turn and kept warm, and returned ones go in
-    #: at the front (as psycopg_pool does; see ``_newest_first``).
+    #: Idle connections. Clients take the last one, as from the engine's list,
+    #: but returned ones go in at the front: the last is the one idle longest,
+    #: so every connection is used in turn and kept warm, as in psycopg_pool.
     _pool: deque[Connection]
     #: Hand out the most recently returned connection first instead (LIFO).
     _newest_first = False
