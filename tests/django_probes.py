@@ -66,6 +66,11 @@ def configure() -> None:
             "isolated": database("isolated", pool=small, isolation_level=3),
             "bad_isolation": database("bad_isolation", pool=small, isolation_level=42),
             "with_reset": database("with_reset", pool={**small, "reset": user_reset}),
+            "opens_itself": database("opens_itself", pool={**small, "open": True}),
+            "health_checked": {
+                **database("health_checked", pool=small),
+                "CONN_HEALTH_CHECKS": True,
+            },
             "unpooled": database("unpooled"),
         },
     )
@@ -255,6 +260,36 @@ def user_reset_runs_then_the_session_is_restored() -> dict[str, Any]:
         "same_backend": seen[0][0] == seen[1][0],
         "time_zones": [zone for _, zone in seen],
     }
+
+
+@probe
+def backend_keywords_in_the_pool_dict_refused() -> str:
+    from django.db import connections
+
+    connections["opens_itself"].ensure_connection()
+    return "connected"
+
+
+@probe
+def health_checks_replace_a_dead_connection() -> dict[str, Any]:
+    from django.db import connections
+
+    conn = connections["health_checked"]
+
+    def backend_pid() -> int:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid: int = cursor.fetchone()[0]
+        conn.close()
+        return pid
+
+    first = backend_pid()
+    with connections["unpooled"].cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [first])
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [first])
+        while cursor.fetchone()[0]:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [first])
+    return {"replaced": backend_pid() != first}
 
 
 def main() -> None:

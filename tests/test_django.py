@@ -337,6 +337,15 @@ def test_user_reset_runs_before_the_session_is_restored(probes: dict[str, Any]) 
     }
 
 
+def test_backend_keywords_in_the_pool_dict_raise_type_error(probes: dict[str, Any]) -> None:
+    message = error(probes, "backend_keywords_in_the_pool_dict_refused")
+    assert message.startswith("TypeError: ") and "'open'" in message
+
+
+def test_health_checks_replace_a_dead_connection(probes: dict[str, Any]) -> None:
+    assert outcome(probes, "health_checks_replace_a_dead_connection") == {"replaced": True}
+
+
 # -- psycopg 3 installed too ---------------------------------------------------------------
 
 
@@ -367,3 +376,29 @@ def test_app_entry_loads_postgresql_on_psycopg2_before_contrib_postgres(
     result = run(["-c", code], site_env(dsn_with(dsn, dbname=database)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "psycopg2.extensions"]
+
+
+def test_settings_can_import_isolation_level_where_psycopg3_is_installed(
+    dsn: str, database: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("psycopg")
+    # As the README says: import the backend before Django's IsolationLevel.
+    (tmp_path / "isolated_settings.py").write_text(
+        "import psycopg2_pool.django\n"
+        "from django.db.backends.postgresql.psycopg_any import IsolationLevel\n"
+        "from django_site.settings import *\n"
+        'DATABASES["default"]["OPTIONS"]["isolation_level"] = IsolationLevel.SERIALIZABLE\n'
+    )
+    code = (
+        "import django\n"
+        "django.setup()\n"
+        "from django.db import connection, transaction\n"
+        "with transaction.atomic(), connection.cursor() as cursor:\n"
+        "    cursor.execute('SHOW transaction_isolation')\n"
+        "    print(cursor.fetchone()[0])\n"
+    )
+    env = site_env(dsn_with(dsn, dbname=database), DJANGO_SETTINGS_MODULE="isolated_settings")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    result = run(["-c", code], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["serializable"]
