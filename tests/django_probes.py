@@ -67,6 +67,8 @@ def configure() -> None:
             "bad_isolation": database("bad_isolation", pool=small, isolation_level=42),
             "with_reset": database("with_reset", pool={**small, "reset": user_reset}),
             "opens_itself": database("opens_itself", pool={**small, "open": True}),
+            "abandoned": database("abandoned", pool={"min_size": 1, "max_size": 1, "timeout": 5}),
+            "role": database("role", pool=small, assume_role="pg_monitor"),
             "health_checked": {
                 **database("health_checked", pool=small),
                 "CONN_HEALTH_CHECKS": True,
@@ -290,6 +292,47 @@ def health_checks_replace_a_dead_connection() -> dict[str, Any]:
         while cursor.fetchone()[0]:
             cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [first])
     return {"replaced": backend_pid() != first}
+
+
+@probe
+def connection_of_a_thread_that_never_closed_it_comes_back() -> str:
+    import gc
+
+    from django.db import connections
+
+    def use_and_forget() -> None:
+        # This thread's wrapper makes the pool, then the thread ends without
+        # closing its connection: nothing of it may keep the connection out.
+        connections["abandoned"].ensure_connection()
+
+    thread = threading.Thread(target=use_and_forget)
+    thread.start()
+    thread.join()
+    gc.collect()
+    conn = connections["abandoned"]  # this thread's own wrapper; max_size is 1
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT 'served'")
+        served: str = cursor.fetchone()[0]
+    conn.close()
+    return served
+
+
+@probe
+def assume_role_applies_to_pooled_connections() -> Any:
+    from django.db import connections
+
+    with connections["unpooled"].cursor() as cursor:
+        cursor.execute("SELECT pg_has_role(current_user, 'pg_monitor', 'MEMBER')")
+        if not cursor.fetchone()[0]:
+            return "skip: the test user cannot assume pg_monitor"
+    conn = connections["role"]
+    users = []
+    for _ in range(2):
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT current_user")
+            users.append(cursor.fetchone()[0])
+        conn.close()
+    return users
 
 
 def main() -> None:

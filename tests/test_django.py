@@ -346,6 +346,17 @@ def test_health_checks_replace_a_dead_connection(probes: dict[str, Any]) -> None
     assert outcome(probes, "health_checks_replace_a_dead_connection") == {"replaced": True}
 
 
+def test_connection_of_a_thread_that_never_closed_it_comes_back(probes: dict[str, Any]) -> None:
+    assert outcome(probes, "connection_of_a_thread_that_never_closed_it_comes_back") == "served"
+
+
+def test_assume_role_applies_to_pooled_connections(probes: dict[str, Any]) -> None:
+    users = outcome(probes, "assume_role_applies_to_pooled_connections")
+    if isinstance(users, str):
+        pytest.skip(users)
+    assert users == ["pg_monitor", "pg_monitor"]
+
+
 # -- psycopg 3 installed too ---------------------------------------------------------------
 
 

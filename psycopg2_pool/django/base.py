@@ -7,7 +7,6 @@ pools the connections, one ConnectionPool per database alias and process.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Callable, ClassVar
 
 import psycopg2.extras
@@ -26,6 +25,77 @@ def _raw_json(text: str) -> str:
     # Django's JSONField decodes with its own decoder: psycopg2 must hand the
     # text over as it came, as Django's own backend arranges.
     return text
+
+
+class _PooledSession:
+    """The session every pooled connection of one pool gets, from the settings
+    the pool was made with (Django closes the pool when they change).
+
+    The pool calls it from its own threads, so it refers to no DatabaseWrapper:
+    a wrapper belongs to one thread, and its connection must not be kept
+    alive by the pool once that thread is gone.
+    """
+
+    __slots__ = ("isolation_level", "role", "time_zone", "user_reset")
+
+    def __init__(
+        self,
+        time_zone: str | None,
+        isolation_level: int | None,
+        role: str | None,
+        user_reset: Callable[[Connection], None] | None,
+    ) -> None:
+        self.time_zone = time_zone
+        self.isolation_level = isolation_level
+        self.role = role
+        self.user_reset = user_reset
+
+    def configure(self, connection: Connection) -> None:
+        """The pool's ``configure``: what Django does to each new connection
+        of its own, done once per pooled connection."""
+        # Idle in the pool means outside any transaction; Django sets the
+        # autocommit it wants on each checkout.
+        connection.autocommit = True
+        if self.isolation_level is not None:
+            connection.isolation_level = self.isolation_level
+        self._restore_time_zone(connection)
+        self._assume_role(connection)
+        psycopg2.extras.register_default_jsonb(conn_or_curs=connection, loads=_raw_json)
+
+    def reset(self, connection: Connection) -> None:
+        """The pool's ``reset``: after each return, the connection gets back
+        the session ``configure`` gave it, whatever the request changed."""
+        if self.user_reset is not None:
+            self.user_reset(connection)
+            # The role cannot be seen without a round trip: set it again only
+            # after a reset of the user's, which may have dropped it.
+            self._assume_role(connection)
+        level = self.isolation_level
+        if not (
+            connection.autocommit
+            and connection.isolation_level == level
+            and connection.readonly is None
+            and connection.deferrable is None
+        ):
+            connection.set_session(
+                isolation_level="default" if level is None else level,
+                readonly="default",
+                deferrable="default",
+                autocommit=True,
+            )
+        self._restore_time_zone(connection)
+
+    def _restore_time_zone(self, connection: Connection) -> None:
+        # The server reports its time zone to the client: checking is free.
+        zone = self.time_zone
+        if zone and connection.info.parameter_status("TimeZone") != zone:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('TimeZone', %s, false)", (zone,))
+
+    def _assume_role(self, connection: Connection) -> None:
+        if self.role:
+            with connection.cursor() as cursor:
+                cursor.execute("SET ROLE %s", (self.role,))
 
 
 class DatabaseWrapper(PostgreSQLDatabaseWrapper):
@@ -68,15 +138,20 @@ class DatabaseWrapper(PostgreSQLDatabaseWrapper):
         # Pool keywords are the user's, as on psycopg 3; configure, check,
         # kwargs and open are the backend's (given twice, they raise TypeError
         # there as here). A reset of the user's runs before the backend's own.
-        user_reset = arguments.pop("reset", None)
+        session = _PooledSession(
+            time_zone=self.timezone_name,
+            isolation_level=self._session_isolation_level(),
+            role=self.settings_dict["OPTIONS"].get("assume_role"),
+            user_reset=arguments.pop("reset", None),
+        )
         arguments.setdefault("name", f"django-{self.alias}")
         health_checks = self.settings_dict["CONN_HEALTH_CHECKS"]
         return ConnectionPool(
             kwargs=self.get_connection_params(),
             open=False,
-            configure=self._configure_pooled,
+            configure=session.configure,
             check=ConnectionPool.check_connection if health_checks else None,
-            reset=partial(self._reset_pooled, user_reset),
+            reset=session.reset,
             **arguments,
         )
 
@@ -133,41 +208,6 @@ class DatabaseWrapper(PostgreSQLDatabaseWrapper):
         connection = pool.getconn()
         self._connection_pool = pool
         return connection
-
-    def _configure_pooled(self, connection: Connection) -> None:
-        """The pool's ``configure``: what Django does to each new connection of
-        its own, done once per pooled connection."""
-        # Idle in the pool means outside any transaction; Django sets the
-        # autocommit it wants on each checkout.
-        connection.autocommit = True
-        level = self._session_isolation_level()
-        if level is not None:
-            connection.isolation_level = level
-        self._configure_connection(connection)  # Django's: time zone, role
-        psycopg2.extras.register_default_jsonb(conn_or_curs=connection, loads=_raw_json)
-
-    def _reset_pooled(
-        self, user_reset: Callable[[Connection], None] | None, connection: Connection
-    ) -> None:
-        """The pool's ``reset``: after each return, the connection goes back to
-        the session ``_configure_pooled`` left, whatever the request changed."""
-        if user_reset is not None:
-            user_reset(connection)
-        level = self._session_isolation_level()
-        if not (
-            connection.autocommit
-            and connection.isolation_level == level
-            and connection.readonly is None
-            and connection.deferrable is None
-        ):
-            connection.set_session(
-                isolation_level="default" if level is None else level,
-                readonly="default",
-                deferrable="default",
-                autocommit=True,
-            )
-        # Free unless a SET TIME ZONE changed it: the server reports the zone.
-        self._configure_timezone(connection)
 
     def _close(self) -> None:
         if self.connection is None:
