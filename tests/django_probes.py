@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable
 
@@ -188,7 +189,10 @@ def close_pool_closes_its_connections() -> dict[str, Any]:
     conn.close()
     before = server_backends("other")
     conn.close_pool()
-    after = server_backends("other")
+    # A server process leaves pg_stat_activity a moment after its client hung up.
+    deadline = time.monotonic() + 5
+    while (after := server_backends("other")) and time.monotonic() < deadline:
+        time.sleep(0.02)
     conn.ensure_connection()  # a new pool, opened by this connection
     reopened = conn.pool is not first and not conn.pool.closed
     conn.close()
