@@ -54,7 +54,7 @@ from .engine import FOREVER, AbstractConnectionPool, Connection, Waiter
 from .errors import PoolTimeout
 from .null_pool import NullConnectionPool
 from .pool import ConnectionPool, _ensure_idle
-from .workers import Backoff, Task, Workers
+from .workers import Backoff, Task, WeakCall, Workers
 from .wrapper import RETURNED
 
 __all__ = ["AsyncConnectionPool", "AsyncNullConnectionPool"]
@@ -153,11 +153,11 @@ class _LoopWorkers(Workers):
         else:
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def submit(self, task: Task) -> None:
-        self._call(self._loop.call_soon, self._run, task)
+    def submit(self, method: Callable[..., object], *args: Any) -> None:
+        self._call(self._loop.call_soon, self._run, WeakCall(method, args))
 
-    def schedule(self, delay: float, task: Task) -> None:
-        self._call(self._schedule, delay, task)
+    def schedule(self, delay: float, method: Callable[..., object], *args: Any) -> None:
+        self._call(self._schedule, delay, WeakCall(method, args))
 
     # Connects never block the loop: an alarm can be an ordinary timer.
     alarm = schedule
@@ -198,6 +198,9 @@ class _LoopWorkers(Workers):
 
     def stop(self, timeout: float) -> None:
         """Stop taking tasks and cancel the timers; see :meth:`join` for the running ones."""
+        self.signal_stop()
+
+    def signal_stop(self) -> None:
         self._stopping = True
         with contextlib.suppress(RuntimeError):  # the loop is closed already
             self._call(self._cancel_timers)
@@ -731,7 +734,7 @@ class AsyncConnectionPool(ConnectionPool):
         starts growing back to it.
         """
         with self._mutex:
-            conns = self._pool[:]
+            conns = list(self._pool)
             self._pool.clear()
             self._pending += len(conns)
             self._grow_to_min_size()
@@ -781,7 +784,6 @@ class AsyncConnectionPool(ConnectionPool):
         self._returning.clear()
         self._filled = _Filled(self._mutex)
         self._growing = False
-        self._oversize = False
         self._workers = None
         self._opened = True
         self.closed = True

@@ -131,7 +131,9 @@ class AbstractConnectionPool:
         self._args = args
         self._kwargs = kwargs
         # The names below are psycopg2.pool's: subclasses in the wild read them.
-        # Idle, the most recently returned last (a list, as psycopg2.pool's).
+        # Idle connections: clients take the last one (pop()). Returned ones are
+        # appended, so the most recently returned goes out first; the
+        # psycopg_pool-style pools put them in at the other end instead.
         self._pool: MutableSequence[Connection] = []
         self._used: dict[Hashable, Connection] = {}  # key -> connection in use
         self._rused: dict[int, Hashable] = {}  # id(connection) -> key
@@ -219,7 +221,11 @@ class AbstractConnectionPool:
         return conn
 
     def _getkey(self) -> Hashable:
-        """Return a new unique key."""
+        """Return a new unique key.
+
+        Called under the lock for each request without a key, just before the
+        client takes an idle connection (if there is one).
+        """
         return _new_key(AutoKey)
 
     def _getconn(self, key: Hashable | None = None, timeout: float | None = None) -> Connection:

@@ -15,7 +15,7 @@ import random
 import threading
 import traceback
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable
 from functools import partial
 from time import monotonic
@@ -168,6 +168,12 @@ class ConnectionPool(AbstractConnectionPool):
 
     _keep_all = True
     _fresh_keys = True
+    #: Idle connections. Clients take the last one, as from the engine's list,
+    #: but returned ones go in at the front: the last is the one idle longest,
+    #: so every connection is used in turn and kept warm, as in psycopg_pool.
+    _pool: deque[Connection]
+    #: Hand out the most recently returned connection first instead (LIFO).
+    _newest_first = False
     #: A client that finds the pool at ``max_size`` with others already in
     #: line just joins the line (growth and the dropped-handle scan were
     #: decided by the first).
@@ -205,6 +211,12 @@ class ConnectionPool(AbstractConnectionPool):
     ) -> None:
         min_size, max_size = self._check_size(min_size, max_size)
         self._setup(min_size, max_size, (), {})
+        self._pool = deque()
+        # Keep a connection idle: bound once, this is the hot path. The deque
+        # is never replaced, only emptied and refilled.
+        self._keep_idle = self._pool.append if self._newest_first else self._pool.appendleft
+        # The fewest idle connections since the last shrink (see _shrink).
+        self._idle_low = min_size
         self.closed = True
         self._opened = False
         self._open_implicit = False
@@ -249,7 +261,6 @@ class ConnectionPool(AbstractConnectionPool):
         self._lives: dict[int, _Life] = {}
         self._growing = False
         self._connect_time = 0.0  # seconds a connection takes to open, on average
-        self._oversize = False
         self._filled = threading.Condition(self._mutex)
         self._workers: Workers | None = None
         self._secrets = self._find_secrets()
@@ -338,6 +349,7 @@ class ConnectionPool(AbstractConnectionPool):
             self._pending += 1
             self._workers.submit(self._add_connection)
         self._workers.schedule(self._sweep_interval(), self._sweep)
+        self._workers.schedule(self.max_idle, self._shrink)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until the pool holds ``min_size`` connections.
@@ -376,7 +388,7 @@ class ConnectionPool(AbstractConnectionPool):
             for waiter in self._waiters:
                 waiter.fail(PoolClosed(f"the pool {self.name!r} is closed"))
             self._waiters.clear()
-            idle = self._pool[:]
+            idle = list(self._pool)
             self._pool.clear()
             workers, self._workers = self._workers, None
             self._filled.notify_all()
@@ -401,9 +413,12 @@ class ConnectionPool(AbstractConnectionPool):
         self.close()
 
     def __del__(self) -> None:
+        # Dropped without close(): the workers hold the pool weakly (see
+        # WeakCall), so it gets here. Its idle connections close as they are
+        # freed with it; its threads are told to end, and nothing waits here.
         workers = getattr(self, "_workers", None)
         if workers is not None and not getattr(self, "closed", True):
-            workers.stop(0.0)
+            workers.signal_stop()
 
     def _refuse(self) -> NoReturn:
         self._requests += 1  # psycopg_pool counts refused requests too
@@ -449,7 +464,10 @@ class ConnectionPool(AbstractConnectionPool):
                 if self._pool and not self.closed:
                     # An idle connection: the handle can wrap it as it is made,
                     # which costs wrapt a third less than setting __wrapped__ after.
-                    conn = self._pool.pop()
+                    idle = self._pool
+                    conn = idle.pop()
+                    if len(idle) < self._idle_low:
+                        self._idle_low = len(idle)  # see _shrink
                     if self._wrap_at_birth:
                         handle = self._handle_class(conn)
                     else:
@@ -552,9 +570,13 @@ class ConnectionPool(AbstractConnectionPool):
         return conn
 
     def _getkey(self) -> Hashable:
-        # Called under the lock for every request: the place to count them.
+        # Called under the lock for every request: the place to count them, and
+        # to note how few idle connections are left once it takes one.
         # The key is the (still empty) handle the client will get.
         self._requests += 1
+        idle_left = max(len(self._pool) - 1, 0)
+        if idle_left < self._idle_low:
+            self._idle_low = idle_left
         return self._new_handle(self._handle_class)
 
     def _update_plain_checkout(self) -> None:
@@ -588,7 +610,7 @@ class ConnectionPool(AbstractConnectionPool):
             # is busy for long; the sweep looks again within a second.
             dropped = self._take_dropped_handles()
             if dropped:
-                self._workers.submit(partial(self._settle_dropped, dropped))
+                self._workers.submit(self._settle_dropped, dropped)
         self._grow()
         return waiter
 
@@ -633,7 +655,7 @@ class ConnectionPool(AbstractConnectionPool):
         assert self._workers is not None
         self._pending += 1
         logger.info("growing pool %r to %s", self.name, self._size())
-        self._workers.submit(lambda: self._add_connection(growing=True))
+        self._workers.submit(self._add_connection, None, True)
 
     def _grow_if_still_needed(self) -> None:
         with self._mutex:
@@ -767,7 +789,7 @@ class ConnectionPool(AbstractConnectionPool):
             self._leaks_reported.discard(id(handle))
         life = self._lives.get(id(real))
         now = monotonic()
-        close = life is None or life.expires <= now or (self._oversize and self._over_max())
+        close = life is None or life.expires <= now
         if life is not None:
             life.idle_since = now
             if life.verified < self._suspect_before and not close:
@@ -798,7 +820,7 @@ class ConnectionPool(AbstractConnectionPool):
                         waiter.serve(real)
                     else:
                         del self._rused[id(real)]
-                        self._pool.append(real)
+                        self._keep_idle(real)
                     return
             finally:
                 mutex.release()
@@ -867,12 +889,11 @@ class ConnectionPool(AbstractConnectionPool):
             " or was already returned"
         )
 
-    def _over_max(self) -> bool:
-        with self._mutex:
-            over = bool(self._size() > self.maxconn)
-            if not over:
-                self._oversize = False
-            return over
+    def _release(self, conn: Connection) -> None:
+        if self._waiters:
+            super()._release(conn)
+        else:
+            self._keep_idle(conn)
 
     def _restore(self, conn: Connection) -> bool:
         if conn.closed:
@@ -1021,7 +1042,7 @@ class ConnectionPool(AbstractConnectionPool):
                     if size < self.minconn or (self._waiters and size < self.maxconn):
                         self._pending += 1
                         assert self._workers is not None
-                        self._workers.submit(lambda: self._add_connection(growing=True))
+                        self._workers.submit(self._add_connection, None, True)
                     else:
                         self._growing = False
         if late:
@@ -1039,7 +1060,7 @@ class ConnectionPool(AbstractConnectionPool):
                 return
             if delay is not None:
                 workers = self._workers
-                workers.schedule(delay, lambda: self._add_connection(attempt, growing))
+                workers.schedule(delay, self._add_connection, attempt, growing)
                 return
             self._pending -= 1
             if growing:
@@ -1063,7 +1084,7 @@ class ConnectionPool(AbstractConnectionPool):
         return min(max(period, 0.02), 1.0)
 
     def _sweep(self) -> None:
-        """Periodic task: close expired and surplus idle connections, find leaks."""
+        """Periodic task: close expired idle connections, find dead and leaked ones."""
         now = monotonic()
         closing = []
         with self._mutex:
@@ -1071,20 +1092,19 @@ class ConnectionPool(AbstractConnectionPool):
                 return
             size = self._size()
             keep = []
-            # The idle list is oldest-returned first: the front idled longest.
+            # Left to right: in a pool that reuses the newest first, the
+            # connection that idled longest comes first (see _idled_out).
             for conn in self._pool:
                 life = self._lives.get(id(conn))
-                if (
-                    life is None
-                    or life.expires <= now
-                    or size > self.maxconn
-                    or (size > self.minconn and now - life.idle_since >= self.max_idle)
-                ):
+                if life is None or life.expires <= now or self._idled_out(life, now, size):
                     closing.append(conn)
                     size -= 1
                 else:
                     keep.append(conn)
-            self._pool[:] = keep
+            if closing:
+                # In place: _keep_idle is bound to this deque.
+                self._pool.clear()
+                self._pool.extend(keep)
             dropped = self._take_dropped_handles()
             if self._suspect_before and all(
                 life.verified >= self._suspect_before for life in self._lives.values()
@@ -1102,6 +1122,43 @@ class ConnectionPool(AbstractConnectionPool):
         self._probe_idle()
         if self.leak_timeout is not None:
             self._report_leaks(now)
+
+    def _idled_out(self, life: _Life, now: float, size: int) -> bool:
+        """Under the lock: close this idle connection for having idled too long?
+
+        Not here: connections used in turn are never idle for long, and
+        :meth:`_shrink` takes the surplus away one at a time instead.
+        """
+        return False
+
+    def _shrink(self) -> None:
+        """Periodic task, every ``max_idle``: close one connection if one was not needed.
+
+        If idle connections were left over at every moment of the last period
+        (the fewest seen stayed above zero) and the pool is above ``min_size``,
+        close the one idle longest. One per period, as psycopg_pool does, so a
+        pool shrinks gradually after a peak or a :meth:`resize` down.
+        """
+        surplus = None
+        with self._mutex:
+            if self.closed or self._workers is None:
+                return
+            fewest = self._idle_low
+            if fewest > 0 and self._pool and self._size() > self.minconn:
+                surplus = self._pool.pop()
+                size = self._size()
+            # A new period starts: getconn() lowers this as it takes connections.
+            self._idle_low = len(self._pool)
+            self._workers.schedule(self.max_idle, self._shrink)
+        if surplus is not None:
+            logger.info(
+                "pool %r: at least %s connections stayed idle for %s sec; closing one, %s left",
+                self.name,
+                fewest,
+                self.max_idle,
+                size,
+            )
+            self._drop(surplus)
 
     def _settle_dropped(self, conns: list[Connection]) -> None:
         for conn in conns:
@@ -1153,7 +1210,6 @@ class ConnectionPool(AbstractConnectionPool):
         self._leaks_reported.clear()
         self._filled = threading.Condition(self._mutex)
         self._growing = False
-        self._oversize = False
         if self._workers is not None:
             # The parent's threads do not exist here: start the child's own.
             self._workers = self._make_workers()
@@ -1166,7 +1222,7 @@ class ConnectionPool(AbstractConnectionPool):
         starts growing back to it.
         """
         with self._mutex:
-            conns = self._pool[:]
+            conns = list(self._pool)
             self._pool.clear()
             self._pending += len(conns)
             self._grow_to_min_size()
@@ -1209,7 +1265,7 @@ class ConnectionPool(AbstractConnectionPool):
     def drain(self) -> None:
         """Replace every connection: idle ones now, the others when given back."""
         with self._mutex:
-            idle = self._pool[:]
+            idle = list(self._pool)
             self._pool.clear()
             for life in self._lives.values():
                 life.expires = 0.0
@@ -1233,7 +1289,6 @@ class ConnectionPool(AbstractConnectionPool):
         with self._mutex:
             self.minconn = min_size
             self.maxconn = max_size
-            self._oversize = self._size() > max_size
             grow = 0 if self.closed else max(0, min_size - self._size())
             self._pending += grow
             for _ in range(grow):

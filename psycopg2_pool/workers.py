@@ -2,7 +2,8 @@
 
 Clients never connect themselves: they queue, and a worker serves them. The
 timer thread submits delayed tasks to the workers, and runs alarms itself:
-those must not wait behind a worker stuck in a connect.
+those must not wait behind a worker stuck in a connect. Tasks hold their pool
+weakly, so that a pool its program drops is collected.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import queue
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -23,8 +26,36 @@ Task = Callable[[], None]
 _STOP: Task = lambda: None  # noqa: E731 - a unique sentinel
 
 
+class WeakCall:
+    """A call of an object's method, to make later, holding the object weakly.
+
+    Worker threads and timers live as long as the pool does not stop them: if
+    they held the pool itself, a pool that its program dropped without
+    ``close()`` would never be collected, nor its threads end. A call whose
+    object is gone does nothing.
+    """
+
+    __slots__ = ("_args", "_method")
+
+    def __init__(self, method: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self._method = weakref.WeakMethod(method)  # TypeError if not a bound method
+        self._args = args
+
+    def __call__(self) -> None:
+        method = self._method()
+        if method is not None:
+            method(*self._args)
+
+    def __repr__(self) -> str:
+        method = self._method()
+        return f"<{type(self).__name__} {method!r}>" if method else "<WeakCall (object gone)>"
+
+
 class Workers:
-    """``num_workers`` threads running submitted tasks, plus one timer thread."""
+    """``num_workers`` threads running submitted tasks, plus one timer thread.
+
+    Tasks are methods (of the pool, mostly), held weakly: see :class:`WeakCall`.
+    """
 
     #: Timer entries: (when, order, task, run by the timer thread itself).
     _timers: list[tuple[float, int, Task, bool]]
@@ -46,21 +77,21 @@ class Workers:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, task: Task) -> None:
-        """Run ``task`` on a worker as soon as one is free."""
-        self._tasks.put(task)
+    def submit(self, method: Callable[..., object], *args: Any) -> None:
+        """Run ``method(*args)`` on a worker as soon as one is free."""
+        self._tasks.put(WeakCall(method, args))
 
-    def schedule(self, delay: float, task: Task) -> None:
-        """Submit ``task`` after ``delay`` seconds."""
-        self._at(delay, task, False)
+    def schedule(self, delay: float, method: Callable[..., object], *args: Any) -> None:
+        """Submit ``method(*args)`` after ``delay`` seconds."""
+        self._at(delay, WeakCall(method, args), False)
 
-    def alarm(self, delay: float, task: Task) -> None:
-        """Run ``task`` on the timer thread itself after ``delay`` seconds.
+    def alarm(self, delay: float, method: Callable[..., object], *args: Any) -> None:
+        """Run ``method(*args)`` on the timer thread itself after ``delay`` seconds.
 
         Only for tasks that never block (shutting a socket down): they run even
         while every worker waits on a connect that may take minutes.
         """
-        self._at(delay, task, True)
+        self._at(delay, WeakCall(method, args), True)
 
     def _at(self, delay: float, task: Task, alarm: bool) -> None:
         with self._timers_changed:
@@ -68,13 +99,17 @@ class Workers:
             heapq.heappush(self._timers, entry)
             self._timers_changed.notify()
 
-    def stop(self, timeout: float) -> None:
-        """Stop the threads; wait up to ``timeout`` seconds for running tasks."""
+    def signal_stop(self) -> None:
+        """Tell the threads to end, waiting for nothing (from a finaliser, say)."""
         with self._timers_changed:
             self._stopping = True
             self._timers_changed.notify()
         for _ in self._threads[:-1]:
             self._tasks.put(_STOP)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the threads; wait up to ``timeout`` seconds for running tasks."""
+        self.signal_stop()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             if thread is threading.current_thread():
@@ -92,6 +127,8 @@ class Workers:
                 task()
             except Exception:  # a failing task must not kill the worker
                 logger.exception("task %r failed in %s", task, threading.current_thread().name)
+            # Waiting for the next task, hold nothing of the last one.
+            del task
 
     def _tick(self) -> None:
         while True:

@@ -97,7 +97,13 @@ _CURSOR_USES = (
     "__exit__",
 )
 
+#: Guarded subclasses of cursor classes that take no new attribute (psycopg2's
+#: own, written in C): few, and they live for ever anyway. A Python cursor
+#: class keeps its guarded subclass itself (see guarded_cursor_class).
 _guarded_cursor_classes: dict[type[Cursor], type[Cursor]] = {}
+
+#: Where a Python cursor class keeps its guarded subclass.
+_GUARDED_ATTRIBUTE = "_psycopg2_pool_guarded"
 
 
 def _guarded_use(method: Any) -> Any:
@@ -127,7 +133,7 @@ def guarded_cursor_class(factory: type[Cursor]) -> type[Cursor]:
     It behaves as ``factory`` while the handle is checked out; once the handle
     went back, every use of the cursor raises :class:`ConnectionReturned`.
     """
-    guarded = _guarded_cursor_classes.get(factory)
+    guarded = _guarded_cursor_classes.get(factory) or vars(factory).get(_GUARDED_ATTRIBUTE)
     if guarded is None:
         namespace: dict[str, Any] = {
             name: _guarded_use(getattr(factory, name))
@@ -138,7 +144,13 @@ def guarded_cursor_class(factory: type[Cursor]) -> type[Cursor]:
         namespace["__module__"] = factory.__module__
         namespace["connection"] = property(_guarded_connection, doc=Cursor.connection.__doc__)
         guarded = type(factory.__name__, (factory,), namespace)
-        _guarded_cursor_classes[factory] = guarded
+        # Kept on the class, not in a module-level dict, so that a cursor class
+        # made per connection (OpenTelemetry's instrumentation makes one for
+        # each connect()) goes away with its connection, guarded subclass and all.
+        try:
+            setattr(factory, _GUARDED_ATTRIBUTE, guarded)
+        except (TypeError, AttributeError):  # a C type
+            _guarded_cursor_classes[factory] = guarded
     return guarded
 
 

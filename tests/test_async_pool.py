@@ -6,10 +6,13 @@ No pytest-asyncio here: each test runs its coroutine with :func:`run`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
 import warnings
+import weakref
+from collections import Counter
 from collections.abc import Coroutine, Iterator
 from typing import Any, Callable, TypeVar
 
@@ -147,6 +150,22 @@ def test_async_with_opens_and_closes(target):
                 cur = await conn.execute("select 1")
                 assert await cur.fetchone() == (1,)
         assert pool.closed
+
+    run(main())
+
+
+def test_dropped_open_pool_is_collected_and_its_connections_close(target):
+    async def main() -> weakref.ref[Any]:
+        pool = make(target, min_size=2)
+        await pool.open(wait=True, timeout=5)
+        async with pool.connection() as conn:
+            await conn.execute("select 1")
+        ref = weakref.ref(pool)
+        del pool, conn
+        gc.collect()
+        assert ref() is None
+        await eventually(lambda: not target.backends())
+        return ref
 
     run(main())
 
@@ -424,6 +443,19 @@ def test_async_mode_limitations_raise_clearly(target):
 
 
 # -- waiting, limits, errors --------------------------------------------------------
+
+
+def test_idle_connections_are_used_in_turn(target):
+    async def main() -> None:
+        async with make(target, min_size=4) as pool:
+            await pool.wait()
+            uses: Counter[int] = Counter()
+            for _ in range(8):
+                async with pool.connection() as conn:
+                    uses[conn.get_backend_pid()] += 1
+            assert sorted(uses.values()) == [2, 2, 2, 2]
+
+    run(main())
 
 
 def test_waiters_are_served_fifo_and_timeout(target):

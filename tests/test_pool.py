@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import re
 import threading
 import time
 import warnings
+import weakref
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -86,6 +89,23 @@ def test_context_manager_opens_and_closes(dsn):
             assert conn.execute("select 1").fetchone() == (1,)
     assert pool.closed
     wait_for(lambda: backends(pdsn, name) == [])
+
+
+def test_dropped_open_pool_is_collected_and_its_threads_and_connections_end(dsn):
+    name = app_name()
+    pdsn = dsn_with(dsn, application_name=name)
+    pool = ConnectionPool(pdsn, min_size=2, open=True, name=name)
+    pool.wait(5)
+    with pool.connection() as conn:
+        conn.execute("select 1")
+    threads = [t for t in threading.enumerate() if t.name.startswith(f"{name}-")]
+    assert threads
+    ref = weakref.ref(pool)
+    del pool, conn
+    gc.collect()
+    assert ref() is None
+    wait_for(lambda: not any(t.is_alive() for t in threads), message="the workers to end")
+    wait_for(lambda: backends(pdsn, name) == [], message="the connections to close")
 
 
 def test_open_twice_is_fine(make_pool):
@@ -411,18 +431,76 @@ def test_max_lifetime_replaces_connections(make_pool):
         assert pid_of(conn) not in first
 
 
-def test_lifo_most_recently_returned_is_handed_out_first(make_pool):
+def test_longest_idle_connection_is_handed_out_first(make_pool):
     pool, _, _ = make_pool(min_size=3)
     pool.wait(5)
     a, b, c = (pool.getconn() for _ in range(3))
-    pids = {id(x): pid_of(x) for x in (a, b, c)}
-    pid_b = pids[id(b)]
-    pool.putconn(a)
-    pool.putconn(c)
-    pool.putconn(b)
-    d = pool.getconn()
-    assert pid_of(d) == pid_b
-    pool.putconn(d)
+    returned = [pid_of(x) for x in (a, c, b)]
+    for x in (a, c, b):
+        pool.putconn(x)
+    handed = [pool.getconn() for _ in range(3)]
+    assert [pid_of(x) for x in handed] == returned
+    for x in handed:
+        pool.putconn(x)
+
+
+def test_idle_connections_are_used_in_turn(make_pool):
+    # As psycopg_pool: every connection stays warm, none idles into a server
+    # or firewall idle timeout while the others do all the work.
+    pool, _, _ = make_pool(min_size=4)
+    pool.wait(5)
+    uses: Counter[int] = Counter()
+    for _ in range(8):
+        with pool.connection() as conn:
+            uses[pid_of(conn)] += 1
+    assert sorted(uses.values()) == [2, 2, 2, 2]
+
+
+def sizes_until(pool: ConnectionPool, size: int, timeout: float) -> list[int]:
+    """The pool sizes seen (each change once) until the pool is down to ``size``."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = pool.get_stats()["pool_size"]
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        if now <= size:
+            break
+        time.sleep(0.01)
+    return seen
+
+
+def test_max_idle_closes_surplus_connections_one_per_period(make_pool):
+    pool, pdsn, name = make_pool(min_size=1, max_size=4, max_idle=0.5)
+    pool.wait(5)
+    conns = [pool.getconn() for _ in range(4)]
+    for c in conns:
+        pool.putconn(c)
+    assert sizes_until(pool, 1, timeout=10) == [4, 3, 2, 1]
+    wait_for(lambda: len(backends(pdsn, name)) == 1)
+
+
+def test_resize_down_closes_surplus_connections_one_per_period(make_pool):
+    pool, pdsn, name = make_pool(min_size=4, max_idle=0.5)
+    pool.wait(5)
+    pool.resize(1, 1)
+    assert sizes_until(pool, 1, timeout=10) == [4, 3, 2, 1]
+    wait_for(lambda: len(backends(pdsn, name)) == 1)
+
+
+def test_pool_used_in_turn_still_shrinks_to_min_size(make_pool):
+    # One client at a time uses every connection in turn, so none stays idle
+    # for max_idle; yet at no moment were more than one needed.
+    pool, _, _ = make_pool(min_size=1, max_size=3, max_idle=0.3)
+    pool.wait(5)
+    conns = [pool.getconn() for _ in range(3)]
+    for c in conns:
+        pool.putconn(c)
+    deadline = time.monotonic() + 10
+    while pool.get_stats()["pool_size"] > 1 and time.monotonic() < deadline:
+        with pool.connection():
+            time.sleep(0.02)
+    assert pool.get_stats()["pool_size"] == 1
 
 
 # -- callbacks ------------------------------------------------------------------
@@ -529,7 +607,7 @@ def test_broken_returned_connection_is_replaced(make_pool):
 
 
 def test_resize_up_and_down(make_pool):
-    pool, pdsn, name = make_pool(min_size=1, max_size=1)
+    pool, pdsn, name = make_pool(min_size=1, max_size=1, max_idle=0.2)
     pool.wait(5)
     pool.resize(3, 4)
     assert (pool.min_size, pool.max_size) == (3, 4)
@@ -541,8 +619,8 @@ def test_resize_up_and_down(make_pool):
         pool.putconn(c)
     stats = pool.get_stats()
     assert stats["pool_min"] == 1 and stats["pool_max"] == 1
-    # The surplus goes, down to max_size at most.
-    wait_for(lambda: len(backends(pdsn, name)) <= 1, timeout=3)
+    # As psycopg_pool: the surplus goes one connection per max_idle period.
+    wait_for(lambda: len(backends(pdsn, name)) <= 1, timeout=5)
     assert pool.get_stats()["pool_size"] <= 1
 
 
