@@ -94,7 +94,9 @@ class AsyncWaiter(Waiter):
         self._thread = thread
         self._future: asyncio.Future[None] = loop.create_future()
         self.interrupt: BaseException | None = None
+        self.reserved = False
         self.since = monotonic()
+        self.wake = self._wake
 
     def serve(self, conn: Connection) -> None:
         self.conn = conn
@@ -154,7 +156,10 @@ class _LoopWorkers(Workers):
             self._loop.call_soon_threadsafe(callback, *args)
 
     def submit(self, method: Callable[..., object], *args: Any) -> None:
-        self._call(self._loop.call_soon, self._run, WeakCall(method, args))
+        self.post(WeakCall(method, args))
+
+    def post(self, task: Task) -> None:
+        self._call(self._loop.call_soon, self._run, task)
 
     def schedule(self, delay: float, method: Callable[..., object], *args: Any) -> None:
         self._call(self._schedule, delay, WeakCall(method, args))
@@ -506,16 +511,16 @@ class AsyncConnectionPool(ConnectionPool):
                     self._stats[S.REQUESTS_ERRORS] += 1
         return super()._wait(waiter, timeout)
 
-    def _open_for(self, key: Hashable, timeout: float | None = None) -> Any:
-        return self._open_for_async(key, timeout)
+    def _open_for(self, request: Waiter, timeout: float | None = None) -> Any:
+        return self._open_for_async(request, timeout)
 
-    async def _open_for_async(self, key: Hashable, timeout: float | None) -> Connection:
+    async def _open_for_async(self, request: Waiter, timeout: float | None) -> Connection:
         # The null pool's clients connect themselves, within their timeout.
         if timeout is not None and timeout >= FOREVER:
             timeout = None
         elif timeout is not None and timeout <= 0:  # no connection is ever ready at once here
             with self._mutex:
-                self._pending -= 1
+                self._unreserve(request)
                 raise self._timeout_error(None, timeout)
         deadline = None if timeout is None else monotonic() + timeout
         try:
@@ -523,7 +528,7 @@ class AsyncConnectionPool(ConnectionPool):
         except BaseException as exc:
             error = None
             with self._mutex:
-                self._pending -= 1
+                self._unreserve(request)
                 if deadline is not None and monotonic() >= deadline:
                     error = self._timeout_error(None, timeout)
             if isinstance(exc, Exception):
@@ -533,7 +538,7 @@ class AsyncConnectionPool(ConnectionPool):
             raise
         self._prepared = conn
         # The engine's filing (not the sync null pool's, which connects on a thread).
-        return AbstractConnectionPool._open_for(self, key)
+        return AbstractConnectionPool._open_for(self, request)
 
     async def _checked_async(self, conn: Connection, deadline: float, timeout: float) -> Connection:
         """Run the ``check`` callback; replace connections that fail it.

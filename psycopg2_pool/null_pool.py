@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
@@ -117,31 +117,43 @@ class NullConnectionPool(ConnectionPool):
     def _start_filling(self) -> None:
         pass  # nothing to keep, nothing to sweep
 
-    def _when_empty(self, key: Hashable) -> Waiter | None:
+    def _when_empty(self, request: Waiter) -> None:
         if self._size() < self._limit:
-            self._pending += 1
-            return None  # the client connects (psycopg_pool does the same)
-        return self._enqueue(key)
+            self._reserve(request)  # the client connects (psycopg_pool does the same)
+            return
+        first = not self._waiters
+        self._enqueue(request)
+        if first:
+            # No sweep here: the first client to wait is the only one to look.
+            self._reclaim_dropped()
 
-    def _open_for(self, key: Hashable, timeout: float | None = None) -> Connection:
-        """Connect for ``key`` (its slot is reserved), within the client's ``timeout``.
+    def _open_for(self, request: Waiter, timeout: float | None = None) -> Connection:
+        """Connect for ``request`` (its slot is reserved), within the client's ``timeout``.
 
-        A late connection goes to a client in line, or is closed.
+        The client's slot is freed when it stops waiting; a connection that
+        arrives later goes to a client in line if there is room, or is closed.
         """
         if timeout is None or timeout >= FOREVER:
-            return super()._open_for(key)
+            return super()._open_for(request)
         if timeout <= 0:  # no connection is ever ready at once here
             with self._mutex:
-                self._pending -= 1
+                self._unreserve(request)
                 raise self._timeout_error(None, timeout)
-        conn = self._connect_within(timeout, self._settle_late)
+        try:
+            conn = self._connect_within(timeout, self._settle_late)
+        except Exception:
+            with self._mutex:
+                self._unreserve(request)
+            self._replace()  # the slot is free again: maybe for a client in line
+            raise
         with self._mutex:
+            self._unreserve(request)
             if conn is None:
                 raise self._timeout_error(None, timeout)
-            self._pending -= 1
             if not self.closed:
-                self._used[key] = conn
-                self._rused[id(conn)] = key
+                cid = id(conn)
+                self._used[request.key] = conn
+                self._rused[cid] = request.key
                 return conn
         self._drop(conn)
         raise self._closed_error()
@@ -177,17 +189,15 @@ class NullConnectionPool(ConnectionPool):
         attempt.finish(conn, error)
 
     def _settle_late(self, conn: Connection | None) -> None:
-        """Free the slot of an attempt that failed (``conn`` None), or whose
-        connection its client no longer waits for."""
+        """What an attempt brings once its client stopped waiting (its slot was
+        freed then): a connection goes to a client in line if there is room."""
+        if conn is None:
+            return
         with self._mutex:
-            self._pending -= 1
-            if conn is not None and not self.closed and self._waiters:
+            if not self.closed and self._waiters and self._size() < self._limit:
                 self._release(conn)
                 return
-        if conn is None:
-            self._replace()  # the slot is free again
-        else:
-            self._drop(conn)
+        self._drop(conn)
 
     def _drop_late(self, conn: Connection | None) -> None:
         if conn is not None:
@@ -201,8 +211,7 @@ class NullConnectionPool(ConnectionPool):
                 return
             if self._size() >= self._limit:
                 return
-            self._pending += 1
-            self._workers.submit(self._add_connection)
+            self._spawn(1, self._add_connection)
 
     def _add_connection(self, attempt: Backoff | None = None, growing: bool = False) -> None:
         """Worker task: open a connection for the longest waiting client."""

@@ -17,6 +17,7 @@ import traceback
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Hashable
+from contextlib import suppress
 from functools import partial
 from time import monotonic
 from types import TracebackType
@@ -34,6 +35,7 @@ from .engine import (
     AbstractConnectionPool,
     Connection,
     Waiter,
+    held_only_by,
     status_name,
     unreferenced_keys,
 )
@@ -46,7 +48,7 @@ from .errors import (
     TooManyRequests,
 )
 from .pool12 import ThreadSafeConnectionPool, spelled_v12
-from .workers import Backoff, Workers
+from .workers import Backoff, WeakCall, Workers
 from .wrapper import RETURNED, PooledConnection, end_block
 
 __all__ = ["ConnectionPool"]
@@ -338,16 +340,11 @@ class ConnectionPool(AbstractConnectionPool):
         """The threads (or, for the async pools, loop tasks) that keep the pool."""
         return Workers(self.name, self.num_workers)
 
-    def _new_waiter(self, key: Hashable) -> Waiter:
-        """A client's place in the queue (the async pools' can be awaited)."""
-        return Waiter(key)
-
     def _start_filling(self) -> None:
         """Under the lock, on open: ask the workers for ``min_size`` connections."""
         assert self._workers is not None
         for _ in range(self.minconn):
-            self._pending += 1
-            self._workers.submit(self._add_connection)
+            self._spawn(1, self._add_connection)
         self._workers.schedule(self._sweep_interval(), self._sweep)
         self._workers.schedule(self.max_idle, self._shrink)
 
@@ -453,76 +450,82 @@ class ConnectionPool(AbstractConnectionPool):
         handle: PooledConnection | None = None
         waiter: Waiter | None = None
         called = 0.0  # when a client that waits called: its deadline runs from there
-        # The engine's two common paths, inlined: a call less on each checkout
-        # is measurable. Whatever else can happen (the pool is closed, growing,
-        # limited in waiters...) goes the engine's way further down. Looking
-        # before the lock is only a hint: it is checked again under the lock.
-        if self._pool:
-            mutex = self._mutex
-            mutex.acquire()
-            try:
-                if self._pool and not self.closed:
-                    # An idle connection: the handle can wrap it as it is made,
-                    # which costs wrapt a third less than setting __wrapped__ after.
-                    idle = self._pool
-                    conn = idle.pop()
-                    if len(idle) < self._idle_low:
-                        self._idle_low = len(idle)  # see _shrink
-                    if self._wrap_at_birth:
-                        handle = self._handle_class(conn)
-                    else:
-                        handle = self._new_handle(self._handle_class)
-                        handle.__wrapped__ = conn
-                    self._used[handle] = conn
-                    self._rused[id(conn)] = handle
-                    self._requests += 1
-            finally:
-                mutex.release()
-        elif self._waiters and self._queue_when_full:
-            mutex = self._mutex
-            mutex.acquire()
-            try:
-                if (
-                    self._waiters
-                    and not self._pool
-                    and not self.closed
-                    and len(self._used) + self._pending >= self.maxconn
-                    and timeout > 0
-                    and not self.max_waiting
-                ):
-                    # Full and others in line already: whoever came first
-                    # decided on growth and dropped handles; just queue.
-                    self._requests += 1
-                    waiter = Waiter(self._new_handle(self._handle_class))
-                    self._waiters.append(waiter)
-                    self._stats[_QUEUED] += 1
-            finally:
-                mutex.release()
-        if waiter is not None:
-            called = waiter.since
-            # The engine's _wait, inlined for the same reason.
-            try:
+        # Interrupted anywhere (Ctrl-C lands after any call), the checkout gives
+        # back what it got: "with" takes the lock with no gap before its block,
+        # and whatever it took is in ``handle`` or ``waiter`` (or, taken by the
+        # engine for a handle still empty, found by the dropped-handle scan).
+        try:
+            # The engine's two common paths, inlined: a call less on each checkout
+            # is measurable. Whatever else can happen (the pool is closed, growing,
+            # limited in waiters...) goes the engine's way further down. Looking
+            # before the lock is only a hint: it is checked again under the lock.
+            if self._pool:
+                with self._mutex:
+                    if self._pool and not self.closed:
+                        # An idle connection: the handle can wrap it as it is made,
+                        # which costs wrapt a third less than setting __wrapped__ after.
+                        idle = self._pool
+                        conn = idle.pop()
+                        if len(idle) < self._idle_low:
+                            self._idle_low = len(idle)  # see _shrink
+                        cid = id(conn)
+                        if self._wrap_at_birth:
+                            handle = self._handle_class(conn)
+                        else:
+                            handle = self._new_handle(self._handle_class)
+                            handle.__wrapped__ = conn
+                        self._used[handle] = conn
+                        self._rused[cid] = handle
+                        self._requests += 1
+            elif self._waiters and self._queue_when_full:
+                with self._mutex:
+                    if (
+                        self._waiters
+                        and not self._pool
+                        and not self.closed
+                        and len(self._used) + self._pending >= self.maxconn
+                        and timeout > 0
+                        and not self.max_waiting
+                    ):
+                        # Full and others in line already: whoever came first
+                        # decided on growth and dropped handles; just queue.
+                        self._requests += 1
+                        waiter = Waiter(self._new_handle(self._handle_class))
+                        self._waiters.append(waiter)
+                        self._stats[_QUEUED] += 1
+            if waiter is not None:
+                called = waiter.since
+                # The engine's _wait, inlined for the same reason.
                 served = waiter._signal.acquire(True, timeout if timeout < FOREVER else -1)
-            except BaseException:
-                self._abandon(waiter)
-                raise
-            conn = waiter.conn  # type: ignore[assignment]
-            if not served or conn is None:
-                conn = self._outcome(waiter, served, timeout)
-        elif handle is None:
-            called = monotonic()
-            conn = self._getconn(None, timeout)
-        if handle is None:
-            # Served by whoever gave a connection back: the key it was given to
-            # is this client's (still empty) handle.
-            waited: PooledConnection = (
-                waiter.key if waiter is not None else self._rused[id(conn)]  # type: ignore[assignment]
-            )
-            waited.__wrapped__ = conn
-            handle = waited
-        if self._plain_checkout and conn.get_transaction_status() == _IDLE:
-            return handle
-        return self._prepare(conn, handle, timeout, called)
+                conn = waiter.conn  # type: ignore[assignment]
+                if not served or conn is None:
+                    conn = self._outcome(waiter, served, timeout)
+            elif handle is None:
+                called = monotonic()
+                conn = self._getconn(None, timeout)
+            if handle is None:
+                # Served by whoever gave a connection back: the key it was given to
+                # is this client's (still empty) handle.
+                waited: PooledConnection = (
+                    waiter.key if waiter is not None else self._rused[id(conn)]  # type: ignore[assignment]
+                )
+                waited.__wrapped__ = conn
+                handle = waited
+            if self._plain_checkout and conn.get_transaction_status() == _IDLE:
+                return handle
+            return self._prepare(conn, handle, timeout, called)
+        except BaseException:
+            self._checkout_failed(handle, waiter)
+            raise
+
+    def _checkout_failed(self, handle: PooledConnection | None, waiter: Waiter | None) -> None:
+        """A checkout raised (or was interrupted) before the client got its
+        handle: give back what it had got, if anything."""
+        if waiter is not None:
+            self._abandon(waiter)
+        elif handle is not None and handle in self._used:
+            with suppress(PoolError):
+                self.putconn(handle)
 
     def _prepare(
         self, conn: Connection, handle: PooledConnection, timeout: float, called: float
@@ -600,31 +603,36 @@ class ConnectionPool(AbstractConnectionPool):
             stacklevel=3,
         )
 
-    def _when_empty(self, key: Hashable) -> Waiter | None:
+    def _when_empty(self, request: Waiter) -> None:
         first = not self._waiters
-        waiter = self._enqueue(key)
-        if first and self._size() >= self.maxconn and self._workers is not None:
-            # Full: before anyone waits for the sweep, take back what was
-            # dropped. Only for the first in line: the scan costs a pass over
-            # every checkout, too much to pay on each request of a pool that
-            # is busy for long; the sweep looks again within a second.
-            dropped = self._take_dropped_handles()
-            if dropped:
-                self._workers.submit(self._settle_dropped, dropped)
+        self._enqueue(request)
+        if first and self._size() >= self.maxconn:
+            self._reclaim_dropped()
         self._grow()
-        return waiter
 
-    def _enqueue(self, key: Hashable) -> Waiter:
+    def _reclaim_dropped(self) -> None:
+        """Under the lock, as the first client starts waiting on a full pool:
+        take back the connections whose handle was dropped.
+
+        Only for the first in line: the scan costs a pass over every checkout,
+        too much to pay on each request of a pool that is busy for long; the
+        sweep (where there is one) looks again within a second.
+        """
+        if self._workers is None:
+            return
+        dropped = self._take_dropped_handles()
+        if dropped:
+            self._spawn(len(dropped), self._settle_dropped, dropped)
+
+    def _enqueue(self, request: Waiter) -> None:
         """Under the lock: put a client in line, unless ``max_waiting`` are there already."""
         if self.max_waiting and len(self._waiters) >= self.max_waiting:
             self._stats[S.REQUESTS_ERRORS] += 1
             raise TooManyRequests(
                 f"the pool {self.name!r} has already {len(self._waiters)} requests waiting"
             )
-        waiter = self._new_waiter(key)
-        self._waiters.append(waiter)
+        self._waiters.append(request)
         self._stats[S.REQUESTS_QUEUED] += 1
-        return waiter
 
     def _note_wait(self, waiter: Waiter, seconds: float) -> None:
         self._wait_seconds += seconds
@@ -635,16 +643,19 @@ class ConnectionPool(AbstractConnectionPool):
 
     def _grow(self) -> None:
         """Under the lock: open one more connection if allowed and not already doing so."""
-        if self._growing or self._size() >= self.maxconn or self._workers is None:
+        size = self._size()
+        if self._growing or size >= self.maxconn or self._workers is None:
             return
-        self._growing = True
-        if self._size() < self.minconn or not self._connect_time:
+        # The flag goes up last: a second growth is harmless, a flag that
+        # stays up with nothing to bring it down (an interrupt) stops growth.
+        if size < self.minconn or not self._connect_time:
             self._start_growing()
         else:
             # A spike of short requests is served by the connections coming
             # back before a new one could arrive: look again after about one
             # connect time, and open one only if clients are still waiting.
             self._workers.schedule(self._connect_time, self._grow_if_still_needed)
+        self._growing = True
 
     def _grow_to_min_size(self) -> None:
         """Under the lock: if below ``min_size``, grow back to it (one at a time)."""
@@ -652,10 +663,21 @@ class ConnectionPool(AbstractConnectionPool):
             self._grow()
 
     def _start_growing(self) -> None:
-        assert self._workers is not None
-        self._pending += 1
+        self._spawn(1, self._add_connection, None, True)
         logger.info("growing pool %r to %s", self.name, self._size())
-        self._workers.submit(self._add_connection, None, True)
+
+    def _spawn(self, count: int, method: Callable[..., object], *args: Any) -> None:
+        """Under the lock: run ``method(*args)`` on a worker, which takes back the
+        ``count`` connections counted in ``_pending`` for it here.
+
+        Both or neither, whatever interrupts the caller: an interrupt lands
+        only after a call, and the one call after the count posts the task.
+        """
+        workers = self._workers
+        assert workers is not None
+        task = WeakCall(method, args)
+        self._pending += count
+        workers.post(task)
 
     def _grow_if_still_needed(self) -> None:
         with self._mutex:
@@ -798,9 +820,11 @@ class ConnectionPool(AbstractConnectionPool):
             # The engine's common case, inlined: a connection ready for reuse
             # goes to the longest waiting client, or back among the idle ones.
             # Anything else (closing, rolling back...) goes the engine's way.
-            mutex = self._mutex
-            mutex.acquire()
-            try:
+            # Plain stores from taking the handle's entry out to filing the
+            # connection: an interrupt (it lands only after a call) cannot
+            # leave it half done.
+            cid = id(real)
+            with self._mutex:
                 if (
                     (self._waiters or self._keep_all)
                     and not self.closed
@@ -808,22 +832,23 @@ class ConnectionPool(AbstractConnectionPool):
                     and real.get_transaction_status() == _IDLE
                     and real.status == _READY
                 ):
-                    if self._used.pop(handle, None) is None:
+                    if handle not in self._used:
                         raise ConnectionReturned("this connection was already returned to the pool")
+                    del self._used[handle]
                     if self._waiters:
                         # The engine's _release, inlined.
-                        waiter = self._waiters.popleft()
+                        waiter = self._waiters[0]
+                        del self._waiters[0]
                         key = waiter.key
+                        waiter.conn = real
                         self._used[key] = real
-                        self._rused[id(real)] = key
+                        self._rused[cid] = key
+                        waiter.wake()
                         self._wait_seconds += now - waiter.since
-                        waiter.serve(real)
                     else:
-                        del self._rused[id(real)]
+                        del self._rused[cid]
                         self._keep_idle(real)
                     return
-            finally:
-                mutex.release()
         try:
             self._putconn(real, handle, close)
         except KeyError:
@@ -928,8 +953,7 @@ class ConnectionPool(AbstractConnectionPool):
                 return
             size = self._size()
             if size < self.minconn or (self._waiters and size < self.maxconn):
-                self._pending += 1
-                self._workers.submit(self._add_connection)
+                self._spawn(1, self._add_connection)
 
     def _drop(self, conn: Connection) -> None:
         self._lives.pop(id(conn), None)
@@ -1040,9 +1064,7 @@ class ConnectionPool(AbstractConnectionPool):
                 if growing:
                     size = self._size()
                     if size < self.minconn or (self._waiters and size < self.maxconn):
-                        self._pending += 1
-                        assert self._workers is not None
-                        self._workers.submit(self._add_connection, None, True)
+                        self._spawn(1, self._add_connection, None, True)
                     else:
                         self._growing = False
         if late:
@@ -1106,6 +1128,7 @@ class ConnectionPool(AbstractConnectionPool):
                 self._pool.clear()
                 self._pool.extend(keep)
             dropped = self._take_dropped_handles()
+            self._pending += len(dropped)  # until _settle has restored each
             if self._suspect_before and all(
                 life.verified >= self._suspect_before for life in self._lives.values()
             ):
@@ -1171,20 +1194,31 @@ class ConnectionPool(AbstractConnectionPool):
             self._settle(conn, close=False)
 
     def _take_dropped_handles(self) -> list[Connection]:
-        """Under the lock: connections whose handle nothing references any more."""
-        conns = []
+        """Under the lock: connections whose handle nothing references any more.
+
+        They are no longer checked out; the caller counts them in ``_pending``
+        until :meth:`_settle_dropped` has restored them.
+        """
+        dropped = []
+        empty = []
         for handle in unreferenced_keys(self._used, on_key=True):
             try:
                 handle.__wrapped__  # type: ignore[attr-defined]  # noqa: B018
             except (AttributeError, ValueError):  # wrapt's word for "not set yet"
-                # Not handed over yet: getconn() is between the engine and the
-                # client, holding no reference of its own for a moment.
-                continue
+                empty.append(handle)
+            else:
+                dropped.append(handle)
+        # A handle not handed over yet is normal while getconn() is between the
+        # engine and the client (which then holds the connection); one whose
+        # connection nothing holds either belongs to a checkout interrupted
+        # there (Ctrl-C), and nobody will ever take it.
+        dropped += held_only_by(self._used, empty)
+        conns = []
+        for handle in dropped:
             conn = self._forget(handle)
             cast(PooledConnection, handle).__wrapped__ = RETURNED
             self._checkouts.pop(id(handle), None)
             if conn is not None:
-                self._pending += 1  # until _settle has restored it
                 conns.append(conn)
         return conns
 
@@ -1279,8 +1313,7 @@ class ConnectionPool(AbstractConnectionPool):
             for _ in idle:
                 if self._size() >= self.maxconn:
                     break
-                self._pending += 1
-                self._workers.submit(self._add_connection)
+                self._spawn(1, self._add_connection)
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change ``min_size`` and ``max_size`` while the pool runs."""
@@ -1290,10 +1323,8 @@ class ConnectionPool(AbstractConnectionPool):
             self.minconn = min_size
             self.maxconn = max_size
             grow = 0 if self.closed else max(0, min_size - self._size())
-            self._pending += grow
             for _ in range(grow):
-                assert self._workers is not None
-                self._workers.submit(self._add_connection)
+                self._spawn(1, self._add_connection)
 
     # -- statistics ---------------------------------------------------------------
 

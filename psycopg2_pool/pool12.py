@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable, Iterator, Set
+from collections.abc import Iterator, Set
 from contextlib import suppress
 from time import perf_counter
 from typing import Any, NoReturn
@@ -177,7 +177,7 @@ class ThreadSafeConnectionPool(AbstractConnectionPool):
             return False
         return not self.idle_timeout or idle_since >= perf_counter() - self.idle_timeout
 
-    def _when_empty(self, key: Hashable) -> Waiter | None:
+    def _when_empty(self, request: Waiter) -> None:
         # Before opening one more, take back what holders dropped: 1.2 held
         # checked-out connections weakly, so a dropped one never counted.
         if self._used:
@@ -185,8 +185,7 @@ class ThreadSafeConnectionPool(AbstractConnectionPool):
                 self._close_quietly(conn)
         if len(self._used) + self._pending >= self.maxconn:
             raise PoolExhausted("connection pool exhausted")
-        self._pending += 1
-        return None
+        self._reserve(request)
 
     def _refuse(self) -> NoReturn:
         raise self._closed_error()
@@ -209,38 +208,46 @@ class ThreadSafeConnectionPool(AbstractConnectionPool):
         opened if fewer than ``minconn`` are left.
         """
         expired: list[Connection] = []
-        settle = discard = False
-        with self._mutex:
-            if self.closed:
-                closed = True
-            else:
-                closed = False
-                key = self._rused.get(id(conn))
-                if key is None or self._used.get(key) is not conn:
-                    raise self._unkeyed_error(conn)
-                self._forget(key)
-                now = perf_counter()
-                status = conn.get_transaction_status() if not conn.closed else None
-                if status is None or status == _ext.TRANSACTION_STATUS_UNKNOWN:
-                    discard = True  # broken: 1.2 discards it
-                elif not self._keep_all and len(self._pool) >= self.minconn:
-                    discard = True
-                elif status != _IDLE or conn.status != _READY:
-                    settle = True  # roll back outside the lock, then keep it
-                    self._pending += 1
+        closed = discard = restoring = healthy = kept = False
+        # A connection counted while it is rolled back is taken back in the
+        # finally clause, whatever interrupts the caller (see engine._putconn).
+        try:
+            with self._mutex:
+                if self.closed:
+                    closed = True
                 else:
-                    self._pool.append(conn)
-                    self.return_times[conn] = now
-                if self.idle_timeout:
-                    expired = self._take_expired(now - self.idle_timeout)
-        if closed or discard:
+                    cid = id(conn)
+                    key = self._rused.get(cid)
+                    if key is None or self._used.get(key) is not conn:
+                        raise self._unkeyed_error(conn)
+                    now = perf_counter()
+                    if self.idle_timeout:
+                        expired = self._take_expired(now - self.idle_timeout)
+                    status = conn.get_transaction_status() if not conn.closed else None
+                    del self._used[key]
+                    del self._rused[cid]
+                    if status is None or status == _ext.TRANSACTION_STATUS_UNKNOWN:
+                        discard = True  # broken: 1.2 discards it
+                    elif not self._keep_all and len(self._pool) >= self.minconn:
+                        discard = True
+                    elif status != _IDLE or conn.status != _READY:
+                        self._pending += 1  # rolled back outside the lock, then kept
+                        restoring = True
+                    else:
+                        self._pool.append(conn)
+                        self.return_times[conn] = now
+            if restoring:
+                healthy = self._restore(conn)
+        finally:
+            if restoring:
+                with self._mutex:
+                    self._pending -= 1
+                    kept = self._keep_restored(conn, healthy)
+        if closed or discard or (restoring and not kept):
             self._close_quietly(conn)
         for old in expired:
             self._close_quietly(old)
-        if settle:
-            self._settle(conn, close=False)
-        else:
-            self._refill()
+        self._refill()
 
     def _take_expired(self, cutoff: float) -> list[Connection]:
         """Under the lock: take the idle connections that went idle before ``cutoff``.

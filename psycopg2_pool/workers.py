@@ -76,6 +76,9 @@ class Workers:
         )
         for thread in self._threads:
             thread.start()
+        #: Run a :class:`WeakCall` on a worker as soon as one is free. A C
+        #: method: once it is called, nothing can interrupt it half way.
+        self.post: Callable[[Task], None] = self._tasks.put
 
     def submit(self, method: Callable[..., object], *args: Any) -> None:
         """Run ``method(*args)`` on a worker as soon as one is free."""

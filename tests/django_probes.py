@@ -66,7 +66,10 @@ def configure() -> None:
             "persistent": database("persistent", pool=small, CONN_MAX_AGE=60),
             "isolated": database("isolated", pool=small, isolation_level=3),
             "bad_isolation": database("bad_isolation", pool=small, isolation_level=42),
-            "with_reset": database("with_reset", pool={**small, "reset": user_reset}),
+            # One connection: the second checkout must get the one the reset ran on.
+            "with_reset": database(
+                "with_reset", pool={**small, "max_size": 1, "reset": user_reset}
+            ),
             "opens_itself": database("opens_itself", pool={**small, "open": True}),
             "abandoned": database("abandoned", pool={"min_size": 1, "max_size": 1, "timeout": 5}),
             "role": database("role", pool=small, assume_role="pg_monitor"),
