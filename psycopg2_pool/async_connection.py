@@ -47,6 +47,7 @@ __all__ = [
     "abort_query",
     "connect",
     "discard",
+    "lend_async",
     "wait_ready",
 ]
 
@@ -666,6 +667,20 @@ class AsyncPooledConnection(AsyncConnection):
             await self._end_transaction(exc_type)
         finally:
             await self._self_pool.putconn(self)
+
+
+async def lend_async(callback: Any, conn: Connection) -> None:
+    """Call a pool callback with an :class:`AsyncConnection` on ``conn``, dead once it returns.
+
+    The callback is called here, not by the caller: a coroutine cancelled
+    before it started (a check whose time ran out) then leaves no coroutine
+    of the callback's never awaited.
+    """
+    wrapper = AsyncConnection(conn)
+    try:
+        await maybe_await(callback(wrapper))
+    finally:
+        wrapper.__wrapped__ = RETURNED
 
 
 async def maybe_await(result: Any) -> Any:

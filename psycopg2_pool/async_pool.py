@@ -42,12 +42,12 @@ from . import stats as S
 from ._connect_options import split_options
 from .async_connection import (
     _AUTOCOMMIT,
-    AsyncConnection,
     AsyncPooledConnection,
     _run,
     abort_query,
     connect,
     discard,
+    lend_async,
     maybe_await,
 )
 from .engine import FOREVER, AbstractConnectionPool, Connection, Waiter
@@ -545,9 +545,7 @@ class AsyncConnectionPool(ConnectionPool):
         assert check is not None
         while True:
             try:
-                await asyncio.wait_for(
-                    maybe_await(check(AsyncConnection(conn))), max(0.0, deadline - monotonic())
-                )
+                await asyncio.wait_for(lend_async(check, conn), max(0.0, deadline - monotonic()))
             except (Exception, asyncio.TimeoutError) as exc:
                 logger.info("connection failed check: %s", self._masked(exc))
                 self._discard_checked_out(conn, lost=True)
@@ -619,7 +617,7 @@ class AsyncConnectionPool(ConnectionPool):
                 logger.warning("rolling back returned connection: %r", conn)
                 await _run(conn, "ROLLBACK")
             if self._areset is not None and not conn.closed:
-                await maybe_await(self._areset(AsyncConnection(conn)))
+                await lend_async(self._areset, conn)
                 await abort_query(conn)
                 _ensure_idle(conn, "reset", self._areset)
         except Exception as exc:
@@ -706,7 +704,7 @@ class AsyncConnectionPool(ConnectionPool):
         self._connected(now - started)
         if self._aconfigure is not None:
             try:
-                await maybe_await(self._aconfigure(AsyncConnection(conn)))
+                await lend_async(self._aconfigure, conn)
                 _ensure_idle(conn, "configure", self._aconfigure)
             except BaseException:
                 self._close_quietly(conn)
