@@ -607,12 +607,13 @@ def test_configure_leaving_a_transaction_is_an_error(target):
     run(main())
 
 
-def test_failing_check_replaces_connection(target):
+def test_check_that_closes_the_connection_gets_it_replaced(target):
     async def main() -> None:
         bad = set()
 
         async def check(conn: Any) -> None:
             if conn.get_backend_pid() in bad:
+                await conn.close()  # a connection failing its check stays, unless closed
                 raise psycopg2.OperationalError("bad")
 
         async with make(target, min_size=1, max_size=1, check=check) as pool:

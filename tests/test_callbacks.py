@@ -1,22 +1,53 @@
 """The configure, check and reset callbacks of the psycopg_pool-style pools.
 
-What a callback gets (a handle alive while it runs), and what happens to a
-check that the client's deadline cuts short.
+What a callback gets (a handle alive while it runs), and what a failing
+check costs: the connection goes back to the pool and the client retries
+with backoff, never in a loop of checkouts or connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import warnings
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Iterator
+from typing import Any, Callable, TypeVar
 
+import psycopg2.extensions
 import pytest
 
-from psycopg2_pool import AsyncConnectionPool, PoolError, PoolTimeout
+from psycopg2_pool import (
+    AsyncConnectionPool,
+    ConnectionPool,
+    NullConnectionPool,
+    PoolError,
+    PoolTimeout,
+)
+from tests.helpers import app_name, backends, dsn_with, wait_for
 
 T = TypeVar("T")
+
+IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+@pytest.fixture
+def make_pool(dsn: str) -> Iterator[Callable[..., ConnectionPool]]:
+    """``make_pool(**kwargs)``: an open pool, filled to ``min_size``; closed after."""
+    made: list[ConnectionPool] = []
+
+    def make(**kwargs: Any) -> ConnectionPool:
+        kwargs.setdefault("min_size", 1)
+        pool = ConnectionPool(dsn_with(dsn, application_name=app_name()), open=True, **kwargs)
+        made.append(pool)
+        pool.wait(5)
+        return pool
+
+    try:
+        yield make
+    finally:
+        for pool in made:
+            pool.close()
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
@@ -24,6 +55,187 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
+
+
+def always_fail(conn: Any) -> None:
+    raise RuntimeError("check failed on purpose")
+
+
+class FailFor:
+    """A check that fails for the connections whose backend pid it was given."""
+
+    def __init__(self) -> None:
+        self.pids: set[int] = set()
+        self.calls = 0
+
+    def __call__(self, conn: Any) -> None:
+        self.calls += 1
+        if conn.get_backend_pid() in self.pids:
+            raise RuntimeError("check failed on purpose")
+
+
+def test_check_that_always_fails_opens_no_new_connections(make_pool):
+    pool = make_pool(min_size=2, max_size=4, check=always_fail)
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=1)
+    assert pool.get_stats()["connections_num"] <= 4
+
+
+def test_check_that_always_fails_is_retried_with_backoff(make_pool):
+    calls: list[float] = []
+
+    def check(conn: Any) -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("check failed on purpose")
+
+    pool = make_pool(check=check)
+    with pytest.raises(PoolTimeout, match=r"after 1\.50 sec"):
+        pool.getconn(timeout=1.5)
+    # At once, then after about 1 s; the next pause would end past the deadline.
+    assert 2 <= len(calls) <= 4
+    assert calls[1] - calls[0] < 0.5
+
+
+def test_check_that_fails_once_is_retried_at_once(make_pool):
+    failures = [RuntimeError("check failed on purpose")]
+
+    def check(conn: Any) -> None:
+        if failures:
+            raise failures.pop()
+
+    pool = make_pool(check=check)
+    started = time.monotonic()
+    with pool.connection(timeout=5) as conn:
+        assert time.monotonic() - started < 0.5
+        assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_connection_failing_check_stays_in_the_pool_and_another_is_tried_at_once(make_pool):
+    bad: list[int] = []
+    calls = []
+
+    def check(conn: Any) -> None:
+        pid = conn.get_backend_pid()
+        calls.append(pid)
+        if not bad:
+            bad.append(pid)  # the first one checked fails, now and every time
+        if pid in bad:
+            raise RuntimeError("check failed on purpose")
+
+    pool = make_pool(min_size=2, max_size=2, check=check)
+    for _ in range(3):
+        started = time.monotonic()
+        with pool.connection(timeout=5) as conn:
+            assert conn.get_backend_pid() not in bad
+        assert time.monotonic() - started < 0.5  # no backoff: the other was tried at once
+    assert calls[0] == bad[0] != calls[1]  # the first request tried the other one next
+    stats = pool.get_stats()
+    assert stats["connections_num"] == 2
+    assert stats["pool_available"] == 2
+    assert "connections_lost" not in stats
+
+
+@pytest.mark.parametrize("state", ["INTRANS", "INERROR"])
+def test_connection_left_in_a_transaction_by_a_failing_check_goes_back_clean(make_pool, state):
+    def check(conn: Any) -> None:
+        if state == "INERROR":
+            conn.execute("select * from no_such_table")
+        conn.execute("select 1")
+        raise RuntimeError("check failed on purpose")
+
+    pool = make_pool(min_size=1, max_size=1, check=check)
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=0.5)
+    [conn] = pool._pool
+    assert conn.get_transaction_status() == IDLE
+    assert pool.get_stats()["connections_num"] == 1
+
+
+def test_check_that_closes_the_connection_gets_it_replaced(make_pool):
+    bad: set[int] = set()
+
+    def check(conn: Any) -> None:
+        if conn.get_backend_pid() in bad:
+            conn.close()
+            raise RuntimeError("check failed on purpose")
+
+    pool = make_pool(min_size=1, max_size=1, check=check)
+    with pool.connection() as conn:
+        pid = conn.get_backend_pid()
+    bad.add(pid)
+    with pool.connection(timeout=5) as conn:
+        assert conn.get_backend_pid() != pid
+    assert pool.get_stats()["connections_lost"] == 1
+
+
+def test_null_pool_closes_a_connection_failing_check(dsn):
+    name = app_name()
+    with NullConnectionPool(dsn_with(dsn, application_name=name), check=always_fail) as pool:
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=1.5)
+        assert pool.get_stats()["pool_available"] == 0
+        wait_for(lambda: not backends(dsn, name), message="the null pool's connections closed")
+
+
+def test_check_with_no_time_left_leaves_the_connection_unharmed(make_pool):
+    check = FailFor()
+    pool = make_pool(min_size=1, max_size=1, check=check)
+    with pool.connection() as conn:
+        pid = conn.get_backend_pid()
+    for _ in range(20):
+        with pytest.raises(PoolTimeout):
+            pool.getconn(timeout=0)
+    with pool.connection() as conn:
+        assert conn.get_backend_pid() == pid
+    assert pool.get_stats()["connections_num"] == 1
+
+
+def test_async_check_that_always_fails_opens_no_new_connections(dsn):
+    async def check(conn: Any) -> None:
+        raise RuntimeError("check failed on purpose")
+
+    async def main() -> dict[str, int]:
+        name = app_name()
+        async with AsyncConnectionPool(
+            dsn_with(dsn, application_name=name), min_size=2, max_size=4, check=check, open=False
+        ) as pool:
+            await pool.wait(5)
+            with pytest.raises(PoolTimeout):
+                await pool.getconn(timeout=1)
+            return pool.get_stats()
+
+    assert run(main())["connections_num"] <= 4
+
+
+def test_async_connection_failing_check_stays_in_the_pool(dsn):
+    bad: list[int] = []
+    calls: list[int] = []
+
+    async def check(conn: Any) -> None:
+        pid = conn.get_backend_pid()
+        calls.append(pid)
+        if not bad:
+            bad.append(pid)  # the first one checked fails, now and every time
+        if pid in bad:
+            await conn.execute("select 1")  # left in a transaction, rolled back on return
+            raise RuntimeError("check failed on purpose")
+
+    async def main() -> None:
+        name = app_name()
+        async with AsyncConnectionPool(
+            dsn_with(dsn, application_name=name), min_size=2, max_size=2, check=check, open=False
+        ) as pool:
+            await pool.wait(5)
+            pids = set(backends(dsn, name))
+            async with pool.connection(timeout=5) as conn:
+                assert conn.get_backend_pid() == calls[1] != bad[0]
+            stats = pool.get_stats()
+            assert stats["connections_num"] == 2
+            assert stats["pool_available"] == 2
+            assert "connections_lost" not in stats
+            assert set(backends(dsn, name)) == pids
+
+    run(main())
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
