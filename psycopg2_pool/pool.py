@@ -47,7 +47,7 @@ from .errors import (
 )
 from .pool12 import ThreadSafeConnectionPool, spelled_v12
 from .workers import Backoff, Retry, Workers
-from .wrapper import RETURNED, PooledConnection, end_block
+from .wrapper import RETURNED, PooledConnection, end_block, lend
 
 __all__ = ["ConnectionPool"]
 
@@ -686,7 +686,7 @@ class ConnectionPool(AbstractConnectionPool):
                 with self._mutex:
                     raise self._timeout_error(None, timeout)
             try:
-                self._bounded(partial(check, conn), conn, left)
+                self._bounded(partial(lend, check, conn), conn, left)
                 _ensure_idle(conn, "check", check)
             except Exception as exc:
                 logger.info("connection failed check: %s", self._masked(exc))
@@ -1003,7 +1003,7 @@ class ConnectionPool(AbstractConnectionPool):
             return False
         if self._reset is not None:
             try:
-                self._reset(conn)
+                lend(self._reset, conn)
                 _ensure_idle(conn, "reset", self._reset)
             except Exception as exc:
                 logger.warning("error resetting connection: %s", self._masked(exc))
@@ -1066,7 +1066,7 @@ class ConnectionPool(AbstractConnectionPool):
         self._connected(now - started)
         if self._configure is not None:
             try:
-                self._configure(conn)
+                lend(self._configure, conn)
                 _ensure_idle(conn, "configure", self._configure)
             except BaseException:
                 self._close_quietly(conn)

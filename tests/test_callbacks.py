@@ -1,8 +1,8 @@
 """The configure, check and reset callbacks of the psycopg_pool-style pools.
 
-What a callback gets (a handle alive while it runs), and what a failing
-check costs: the connection goes back to the pool and the client retries
-with backoff, never in a loop of checkouts or connections.
+What a callback gets (a handle like the client's, alive while it runs), and
+what a failing check costs: the connection goes back to the pool and the
+client retries with backoff, never in a loop of checkouts or connections.
 """
 
 from __future__ import annotations
@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import uuid
 import warnings
 from collections.abc import Coroutine, Iterator
 from typing import Any, Callable, TypeVar
 
+import psycopg2
 import psycopg2.extensions
+import psycopg2.extras
 import pytest
 
 from psycopg2_pool import (
@@ -72,6 +75,9 @@ class FailFor:
         self.calls += 1
         if conn.get_backend_pid() in self.pids:
             raise RuntimeError("check failed on purpose")
+
+
+# -- a failing check ---------------------------------------------------------------
 
 
 def test_check_that_always_fails_opens_no_new_connections(make_pool):
@@ -259,6 +265,37 @@ def test_async_check_running_at_the_deadline_leaves_no_coroutine_unawaited(dsn, 
     assert not unawaited
 
 
+# -- what the callbacks get --------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["configure", "check", "reset"])
+def test_sync_callback_gets_a_connection_with_execute(make_pool, role):
+    seen: list[Any] = []
+
+    def callback(conn: Any) -> None:
+        assert isinstance(conn, psycopg2.extensions.connection)
+        cur = conn.execute("select %s + %s", (1, 2))
+        assert isinstance(cur, psycopg2.extensions.cursor)
+        seen.append(cur.fetchone())
+        conn.rollback()
+
+    pool = make_pool(**{role: callback})
+    with pool.connection():
+        pass
+    assert seen and all(row == (3,) for row in seen)
+
+
+@pytest.mark.parametrize("role", ["configure", "check", "reset"])
+def test_sync_callback_connection_is_dead_once_the_callback_returned(make_pool, role):
+    kept: list[Any] = []
+    pool = make_pool(**{role: kept.append})
+    with pool.connection():
+        pass
+    assert kept
+    with pytest.raises(PoolError, match="returned to the pool"):
+        kept[0].execute("select 1")
+
+
 @pytest.mark.parametrize("role", ["configure", "check", "reset"])
 def test_async_callback_connection_is_dead_once_the_callback_returned(dsn, role):
     kept: list[Any] = []
@@ -275,3 +312,33 @@ def test_async_callback_connection_is_dead_once_the_callback_returned(dsn, role)
     assert kept
     with pytest.raises(PoolError, match="returned to the pool"):
         kept[0].cursor()
+
+
+def test_with_block_in_a_callback_commits_and_leaves_the_connection_open(make_pool):
+    def configure(conn: Any) -> None:
+        with conn as same:
+            same.execute("select set_config('application_name', 'configured', false)")
+
+    pool = make_pool(configure=configure)
+    with pool.connection() as conn:
+        assert conn.execute("show application_name").fetchone() == ("configured",)
+
+
+def test_register_composite_in_configure(make_pool, dsn):
+    tname = f"p2p_comp_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(dsn)
+    admin.autocommit = True
+    admin.cursor().execute(f"create type {tname} as (a int, b text)")
+    try:
+
+        def configure(conn: Any) -> None:
+            psycopg2.extras.register_composite(tname, conn)
+            conn.commit()  # the lookup query opened a transaction
+
+        pool = make_pool(configure=configure)
+        with pool.connection() as conn:
+            row = conn.execute(f"select (1, 'x')::{tname}").fetchone()[0]
+            assert (row.a, row.b) == (1, "x")
+    finally:
+        admin.cursor().execute(f"drop type {tname}")
+        admin.close()
