@@ -526,7 +526,10 @@ class AsyncConnection(_Proxy):
     def autocommit(self) -> bool:
         """Whether commands run outside transactions (``await set_autocommit()`` changes it)."""
         conn = self.__wrapped__
-        conn.closed  # noqa: B018 - raises ConnectionReturned on a returned handle
+        if conn is RETURNED:
+            raise ConnectionReturned(
+                "this connection was returned to the pool: get a new one from the pool"
+            )
         return conn in _AUTOCOMMIT
 
     @autocommit.setter
@@ -648,11 +651,18 @@ class AsyncPooledConnection(AsyncConnection):
         return type(cls.__name__, (cls,), {"_self_pool": pool, "__module__": cls.__module__})
 
     async def close(self) -> None:
-        """Close the connection, or give it back if the pool has ``close_returns``."""
+        """Close the connection, or give it back if the pool has ``close_returns``.
+
+        On a handle already given back, do nothing: the connection is no
+        longer this handle's to close.
+        """
+        conn = self.__wrapped__
+        if conn is RETURNED:
+            return
         if self._self_pool.close_returns:
             await self._self_pool.putconn(self)
         else:
-            discard(self.__wrapped__)
+            discard(conn)
 
     async def __aexit__(
         self,

@@ -32,9 +32,16 @@ def _returned_error() -> ConnectionReturned:
 
 
 class _Returned:
-    """What a handle wraps once its connection went back to the pool."""
+    """What a handle wraps once its connection went back to the pool.
+
+    Only ``closed`` can be read: a returned handle is closed to its holder
+    (psycopg2's 1, "closed"), whatever the pooled connection, now someone
+    else's, is doing.
+    """
 
     __slots__ = ()
+
+    closed = 1
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -238,7 +245,8 @@ class PooledConnection(_Handle):
     """A psycopg2 connection checked out of a :class:`ConnectionPool`.
 
     Use it as the connection itself. Leaving ``with conn:`` commits (or rolls
-    back on an exception) and gives it back to the pool.
+    back on an exception) and gives it back to the pool. Once given back, only
+    ``closed`` (1) and ``close()`` (which does nothing) still work on it.
     """
 
     # Each pool makes its own subclass with ``_self_pool`` set on the class, so
@@ -251,11 +259,18 @@ class PooledConnection(_Handle):
         return type(cls.__name__, (cls,), {"_self_pool": pool, "__module__": cls.__module__})
 
     def close(self) -> None:
-        """Close the connection, or give it back if the pool has ``close_returns``."""
+        """Close the connection, or give it back if the pool has ``close_returns``.
+
+        On a handle already given back, do nothing: the connection is no
+        longer this handle's to close.
+        """
+        conn = self.__wrapped__
+        if conn is RETURNED:
+            return
         if self._self_pool.close_returns:
             self._self_pool.putconn(self)
         else:
-            self.__wrapped__.close()
+            conn.close()
 
     def __enter__(self) -> PooledConnection:
         return self

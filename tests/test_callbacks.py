@@ -294,6 +294,7 @@ def test_sync_callback_connection_is_dead_once_the_callback_returned(make_pool, 
     assert kept
     with pytest.raises(PoolError, match="returned to the pool"):
         kept[0].execute("select 1")
+    assert kept[0].closed
 
 
 @pytest.mark.parametrize("role", ["configure", "check", "reset"])
