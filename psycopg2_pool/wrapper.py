@@ -18,6 +18,7 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE as _IDLE
 from psycopg2.extensions import cursor as Cursor
 
 from .errors import ConnectionReturned
+from .transaction import Transaction
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -187,7 +188,8 @@ def _forward(name: str, writable: bool = False) -> Any:
 
 
 class _Handle(_Proxy):
-    """What every sync handle is: the connection itself, plus psycopg 3's ``execute()``."""
+    """What every sync handle is: the connection itself, plus psycopg 3's
+    ``execute()`` and ``transaction()``."""
 
     # A handle is also the pool's key for its checkout: it must hash and
     # compare as itself, not as the connection it wraps (which goes away).
@@ -201,6 +203,10 @@ class _Handle(_Proxy):
     status = _forward("status")
     autocommit = _forward("autocommit", writable=True)
     get_transaction_status = _forward("get_transaction_status")
+
+    #: ``transaction()`` blocks open on this handle (see :mod:`.transaction`).
+    #: A class default: handles are made without an ``__init__``.
+    _self_transactions = 0
 
     @staticmethod
     def _pool_unwrap(handle: _Handle) -> Any:
@@ -236,6 +242,18 @@ class _Handle(_Proxy):
         cur = self.cursor()
         cur.execute(query, params)
         return cur
+
+    def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> Transaction:
+        """A block run as one transaction, as psycopg 3's ``conn.transaction()``.
+
+        ``with conn.transaction():`` begins a transaction if none is open, or
+        sets a savepoint if one is (an enclosing block, or statements run
+        before); it commits (releases the savepoint) at the end of the block,
+        or rolls back (to the savepoint) if the block raised, and re-raises.
+        """
+        return Transaction(self, savepoint_name, force_rollback)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError("a pooled connection cannot be pickled")
@@ -290,10 +308,10 @@ class PooledConnection(_Handle):
 class CallbackConnection(_Handle):
     """The connection as a sync pool's ``configure``, ``check`` and ``reset`` get it.
 
-    The same kind of object as a client's handle (``conn.execute()``, the
-    psycopg2 connection otherwise), alive only while the callback runs.
-    ``with conn:`` is psycopg2's: it ends the transaction and leaves the
-    connection open.
+    The same kind of object as a client's handle (``conn.execute()``,
+    ``conn.transaction()``, the psycopg2 connection otherwise), alive only
+    while the callback runs. ``with conn:`` is psycopg2's: it ends the
+    transaction and leaves the connection open.
     """
 
     def __enter__(self) -> CallbackConnection:
