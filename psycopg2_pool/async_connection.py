@@ -47,6 +47,7 @@ __all__ = [
     "abort_query",
     "connect",
     "discard",
+    "lend_async",
     "wait_ready",
 ]
 
@@ -525,7 +526,10 @@ class AsyncConnection(_Proxy):
     def autocommit(self) -> bool:
         """Whether commands run outside transactions (``await set_autocommit()`` changes it)."""
         conn = self.__wrapped__
-        conn.closed  # noqa: B018 - raises ConnectionReturned on a returned handle
+        if conn is RETURNED:
+            raise ConnectionReturned(
+                "this connection was returned to the pool: get a new one from the pool"
+            )
         return conn in _AUTOCOMMIT
 
     @autocommit.setter
@@ -647,11 +651,18 @@ class AsyncPooledConnection(AsyncConnection):
         return type(cls.__name__, (cls,), {"_self_pool": pool, "__module__": cls.__module__})
 
     async def close(self) -> None:
-        """Close the connection, or give it back if the pool has ``close_returns``."""
+        """Close the connection, or give it back if the pool has ``close_returns``.
+
+        On a handle already given back, do nothing: the connection is no
+        longer this handle's to close.
+        """
+        conn = self.__wrapped__
+        if conn is RETURNED:
+            return
         if self._self_pool.close_returns:
             await self._self_pool.putconn(self)
         else:
-            discard(self.__wrapped__)
+            discard(conn)
 
     async def __aexit__(
         self,
@@ -666,6 +677,20 @@ class AsyncPooledConnection(AsyncConnection):
             await self._end_transaction(exc_type)
         finally:
             await self._self_pool.putconn(self)
+
+
+async def lend_async(callback: Any, conn: Connection) -> None:
+    """Call a pool callback with an :class:`AsyncConnection` on ``conn``, dead once it returns.
+
+    The callback is called here, not by the caller: a coroutine cancelled
+    before it started (a check whose time ran out) then leaves no coroutine
+    of the callback's never awaited.
+    """
+    wrapper = AsyncConnection(conn)
+    try:
+        await maybe_await(callback(wrapper))
+    finally:
+        wrapper.__wrapped__ = RETURNED
 
 
 async def maybe_await(result: Any) -> Any:

@@ -42,19 +42,19 @@ from . import stats as S
 from ._connect_options import split_options
 from .async_connection import (
     _AUTOCOMMIT,
-    AsyncConnection,
     AsyncPooledConnection,
     _run,
     abort_query,
     connect,
     discard,
+    lend_async,
     maybe_await,
 )
 from .engine import FOREVER, AbstractConnectionPool, Connection, Waiter
 from .errors import PoolTimeout
 from .null_pool import NullConnectionPool
 from .pool import ConnectionPool, _ensure_idle
-from .workers import Backoff, Task, WeakCall, Workers
+from .workers import Backoff, Retry, Task, WeakCall, Workers
 from .wrapper import RETURNED
 
 __all__ = ["AsyncConnectionPool", "AsyncNullConnectionPool"]
@@ -541,34 +541,72 @@ class AsyncConnectionPool(ConnectionPool):
         return AbstractConnectionPool._open_for(self, request)
 
     async def _checked_async(self, conn: Connection, deadline: float, timeout: float) -> Connection:
-        """Run the ``check`` callback; replace connections that fail it.
+        """Run the ``check`` callback; try another connection while it fails.
 
-        As in the sync pool, each check is bounded by what is left of the
-        client's timeout: a server that stops answering fails the check.
+        As in the sync pool: each check is bounded by what is left of the
+        client's timeout (a server that stops answering fails the check), a
+        connection that fails goes back to the pool, and the client tries
+        again at once, then backs off until its deadline.
         """
         check = self._acheck
         assert check is not None
+        retry = Retry(deadline)
         while True:
+            left = deadline - monotonic()
+            if left <= 0:
+                # No time left to check it: the connection goes back unused.
+                await self._failed_check_async(conn, timed_out=False)
+                self._raise_timeout(timeout)
             try:
-                await asyncio.wait_for(
-                    maybe_await(check(AsyncConnection(conn))), max(0.0, deadline - monotonic())
-                )
-            except (Exception, asyncio.TimeoutError) as exc:
+                await asyncio.wait_for(lend_async(check, conn), left)
+                _ensure_idle(conn, "check", check)
+            except Exception as exc:
                 logger.info("connection failed check: %s", self._masked(exc))
-                self._discard_checked_out(conn, lost=True)
+                await self._failed_check_async(conn, isinstance(exc, asyncio.TimeoutError))
             except BaseException:
                 self._give_back(conn, self._rused.get(id(conn)))
                 raise
             else:
                 return conn
-            if deadline - monotonic() <= 0:
-                with self._mutex:
-                    self._stats[S.REQUESTS_ERRORS] += 1
+            delay = retry.next_delay()
+            if delay is None:
+                self._raise_timeout(timeout)
+            if delay:
+                await asyncio.sleep(delay)
+            left = deadline - monotonic()
+            if left <= 0:
+                self._raise_timeout(timeout)
+            try:
+                got: Any = self._getconn(self._retry_key(), left)
+                conn = await got if type(got) is CoroutineType else got
+            except PoolTimeout:  # counted already
                 raise PoolTimeout(
                     f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec"
-                )
-            got: Any = self._getconn(None, max(0.0, deadline - monotonic()))
-            conn = await got if type(got) is CoroutineType else got
+                ) from None
+
+    def _raise_timeout(self, timeout: float) -> NoReturn:
+        with self._mutex:
+            raise self._timeout_error(None, timeout)
+
+    async def _failed_check_async(self, conn: Connection, timed_out: bool) -> None:
+        """The sync pool's ``_failed_check``, restoring asynchronously.
+
+        A check cancelled at the deadline may have left a query running: that
+        connection is discarded (its query cancelled on the server), not waited for.
+        """
+        if not self._set_aside(conn, timed_out or conn.isexecuting()):
+            return
+        # In a task of its own: if this one is cancelled, the return goes on.
+        task = asyncio.get_running_loop().create_task(self._restore_failed(conn))
+        self._returning.add(task)
+        task.add_done_callback(self._returned)
+        await asyncio.shield(task)
+
+    async def _restore_failed(self, conn: Connection) -> None:
+        try:
+            await self._restore_async(conn)
+        finally:
+            self._file_failed(conn, self._restore(conn))
 
     # -- return -------------------------------------------------------------------
 
@@ -624,7 +662,7 @@ class AsyncConnectionPool(ConnectionPool):
                 logger.warning("rolling back returned connection: %r", conn)
                 await _run(conn, "ROLLBACK")
             if self._areset is not None and not conn.closed:
-                await maybe_await(self._areset(AsyncConnection(conn)))
+                await lend_async(self._areset, conn)
                 await abort_query(conn)
                 _ensure_idle(conn, "reset", self._areset)
         except Exception as exc:
@@ -711,7 +749,7 @@ class AsyncConnectionPool(ConnectionPool):
         self._connected(now - started)
         if self._aconfigure is not None:
             try:
-                await maybe_await(self._aconfigure(AsyncConnection(conn)))
+                await lend_async(self._aconfigure, conn)
                 _ensure_idle(conn, "configure", self._aconfigure)
             except BaseException:
                 self._close_quietly(conn)

@@ -48,8 +48,8 @@ from .errors import (
     TooManyRequests,
 )
 from .pool12 import ThreadSafeConnectionPool, spelled_v12
-from .workers import Backoff, WeakCall, Workers
-from .wrapper import RETURNED, PooledConnection, end_block
+from .workers import Backoff, Retry, WeakCall, Workers
+from .wrapper import RETURNED, PooledConnection, end_block, lend
 
 __all__ = ["ConnectionPool"]
 
@@ -61,6 +61,7 @@ KwargsParam = Union[dict[str, Any], Callable[[], dict[str, Any]]]
 _P = TypeVar("_P", bound="ConnectionPool")
 
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
+_UNKNOWN = _ext.TRANSACTION_STATUS_UNKNOWN
 _QUEUED = S.REQUESTS_QUEUED
 _READY = _ext.STATUS_READY
 _names = itertools.count(1)
@@ -687,23 +688,123 @@ class ConnectionPool(AbstractConnectionPool):
                 self._growing = False
 
     def _checked(self, conn: Connection, deadline: float, timeout: float) -> Connection:
-        """Run the ``check`` callback; replace connections that fail it.
+        """Run the ``check`` callback; try another connection while it fails.
 
         Each check is bounded by what is left of the client's timeout: a server
-        that stops answering makes the check fail, not hang.
+        that stops answering makes the check fail, not hang. A connection that
+        fails goes back to the pool (see :meth:`_failed_check`); the client
+        tries the next one at once, then backs off (1 s, 2 s, 4 s... until its
+        deadline), as psycopg_pool does, so that a check that keeps failing
+        never turns into a loop of checkouts, or of new connections.
         """
         check = self._check
         assert check is not None
+        retry = Retry(deadline)
         while True:
+            left = deadline - monotonic()
+            if left <= 0:
+                # No time left to check it: the connection goes back unused.
+                self._failed_check(conn, timed_out=False)
+                with self._mutex:
+                    raise self._timeout_error(None, timeout)
             try:
-                self._bounded(partial(check, conn), conn, deadline - monotonic())
+                self._bounded(partial(lend, check, conn), conn, left)
                 _ensure_idle(conn, "check", check)
             except Exception as exc:
                 logger.info("connection failed check: %s", self._masked(exc))
-                self._discard_checked_out(conn, lost=True)
+                self._failed_check(conn, timed_out=isinstance(exc, TimeoutError))
+            except BaseException:
+                # Interrupted (KeyboardInterrupt...): keep the connection, stop trying.
+                self._failed_check(conn, timed_out=False)
+                raise
             else:
                 return conn
-            conn = self._next_candidate(deadline, timeout)
+            delay = retry.next_delay()
+            if delay is None:
+                with self._mutex:
+                    raise self._timeout_error(None, timeout)
+            if delay:
+                with self._filled:  # woken early if the pool closes
+                    self._filled.wait_for(lambda: self.closed, delay)
+            conn = self._cleaned(self._next_candidate(deadline, timeout), deadline, timeout)
+            if self._suspect_before:
+                conn = self._trusted(conn, deadline, timeout)
+
+    def _failed_check(self, conn: Connection, timed_out: bool) -> None:
+        """Take back a connection that failed the check at checkout.
+
+        Broken (or timed out: the watchdog broke it), it is discarded and
+        replaced, and counted lost. Otherwise it is restored (rolled back,
+        ``reset``) and kept, but handed out last: the check may have failed
+        for this connection alone.
+        """
+        if timed_out or conn.closed or conn.get_transaction_status() == _UNKNOWN:
+            self._discard_checked_out(conn, lost=True)
+            return
+        # Counted while it is restored; the finally clause takes the count
+        # back whatever interrupts the client (see engine._putconn).
+        restoring = healthy = kept = False
+        try:
+            with self._mutex:
+                key = self._rused.get(id(conn))
+                if key is not None:
+                    self._forget(key)
+                self._pending += 1
+                restoring = True
+            healthy = self._restore(conn)
+        finally:
+            if restoring:
+                with self._mutex:
+                    self._pending -= 1
+                    kept = self._keep_failed(conn, healthy)
+        if not kept:
+            self._drop(conn)
+            self._replace()
+
+    def _set_aside(self, conn: Connection, timed_out: bool) -> bool:
+        """For the async pool's check: :meth:`_failed_check` up to the restore.
+
+        Discard ``conn`` if it is broken and return False; otherwise count it
+        as pending, to be restored and given to :meth:`_file_failed`.
+        """
+        if timed_out or conn.closed or conn.get_transaction_status() == _UNKNOWN:
+            self._discard_checked_out(conn, lost=True)
+            return False
+        with self._mutex:
+            key = self._rused.get(id(conn))
+            if key is not None:
+                self._forget(key)
+            self._pending += 1
+        return True
+
+    def _file_failed(self, conn: Connection, healthy: bool) -> None:
+        """After :meth:`_set_aside` and a restore: keep ``conn`` if it can serve again."""
+        with self._mutex:
+            self._pending -= 1
+            kept = self._keep_failed(conn, healthy)
+        if not kept:
+            self._drop(conn)
+            self._replace()
+
+    def _keep_failed(self, conn: Connection, healthy: bool) -> bool:
+        """Under the lock, after a restore: keep a connection that failed the
+        check if it can serve again, handed out last."""
+        life = self._lives.get(id(conn))
+        kept = (
+            healthy
+            and not self.closed
+            and life is not None
+            and life.expires > monotonic()
+            and bool(self._waiters or self._keep_all or len(self._pool) < self.minconn)
+        )
+        if kept:
+            # To a waiting client, or among the idle ones at the end clients
+            # take from last (whichever end returns go to).
+            if self._waiters:
+                self._release(conn)
+            else:
+                self._pool.insert(0, conn)
+        return kept
 
     def _bounded(self, call: Callable[[], None], conn: Connection, seconds: float) -> None:
         workers = self._workers
@@ -726,12 +827,30 @@ class ConnectionPool(AbstractConnectionPool):
             conn = self._next_candidate(deadline, timeout)
 
     def _next_candidate(self, deadline: float, timeout: float) -> Connection:
-        """After a connection was discarded at checkout: the next one, in the time left."""
+        """After a connection was turned down at checkout: the next one, in the time left.
+
+        Still the same request: it is not counted again, and a timeout names
+        the client's own ``timeout``.
+        """
         left = deadline - monotonic()
         if left <= 0:
             with self._mutex:
                 raise self._timeout_error(None, timeout)
-        return self._getconn(None, left)
+        try:
+            return self._getconn(self._retry_key(), left)
+        except PoolTimeout:  # counted already
+            raise PoolTimeout(
+                f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec"
+            ) from None
+
+    def _retry_key(self) -> PooledConnection:
+        """The key for another try within one request: :meth:`_getkey`, minus
+        counting the request again."""
+        with self._mutex:
+            idle_left = max(len(self._pool) - 1, 0)
+            if idle_left < self._idle_low:
+                self._idle_low = idle_left  # see _shrink
+        return self._new_handle(self._handle_class)
 
     def _discard_checked_out(self, conn: Connection, lost: bool) -> None:
         with self._mutex:
@@ -930,7 +1049,7 @@ class ConnectionPool(AbstractConnectionPool):
             return False
         if self._reset is not None:
             try:
-                self._reset(conn)
+                lend(self._reset, conn)
                 _ensure_idle(conn, "reset", self._reset)
             except Exception as exc:
                 logger.warning("error resetting connection: %s", self._masked(exc))
@@ -992,7 +1111,7 @@ class ConnectionPool(AbstractConnectionPool):
         self._connected(now - started)
         if self._configure is not None:
             try:
-                self._configure(conn)
+                lend(self._configure, conn)
                 _ensure_idle(conn, "configure", self._configure)
             except BaseException:
                 self._close_quietly(conn)

@@ -177,3 +177,29 @@ class Backoff:
         if now >= self.give_up_at:
             return None
         return min(self.delay, self.give_up_at - now)
+
+
+class Retry:
+    """When a client tries again after a connection was turned down at checkout.
+
+    At once the first time, then after a :class:`Backoff` delay (1 s, 2 s,
+    4 s...), never past the client's deadline: a cause that persists (a check
+    that keeps failing) costs a few attempts per request, not a busy loop.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._tries = 0
+        self._backoff: Backoff | None = None
+
+    def next_delay(self) -> float | None:
+        """The wait before the next attempt, or None once the deadline has passed."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            return None
+        self._tries += 1
+        if self._tries == 1:
+            return 0.0
+        if self._backoff is None:
+            self._backoff = Backoff(self.deadline - now)
+        return self._backoff.next_delay(now)

@@ -1,13 +1,14 @@
-"""The handle a client holds while a connection is checked out of a pool.
+"""The handles that stand for a pooled connection: the client's, and the callbacks'.
 
-It proxies the real psycopg2 connection (``conn.__wrapped__``) and goes dead
-when the connection goes back: it can never touch a connection someone else
-now holds.
+Each proxies the real psycopg2 connection (``conn.__wrapped__``) and goes dead
+when its lease ends (the client gives the connection back, the callback
+returns): it can never touch a connection someone else now holds.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from operator import attrgetter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -17,6 +18,7 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE as _IDLE
 from psycopg2.extensions import cursor as Cursor
 
 from .errors import ConnectionReturned
+from .transaction import Transaction
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -31,9 +33,16 @@ def _returned_error() -> ConnectionReturned:
 
 
 class _Returned:
-    """What a handle wraps once its connection went back to the pool."""
+    """What a handle wraps once its connection went back to the pool.
+
+    Only ``closed`` can be read: a returned handle is closed to its holder
+    (psycopg2's 1, "closed"), whatever the pooled connection, now someone
+    else's, is doing.
+    """
 
     __slots__ = ()
+
+    closed = 1
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -178,16 +187,9 @@ def _forward(name: str, writable: bool = False) -> Any:
     )
 
 
-class PooledConnection(_Proxy):
-    """A psycopg2 connection checked out of a :class:`ConnectionPool`.
-
-    Use it as the connection itself. Leaving ``with conn:`` commits (or rolls
-    back on an exception) and gives it back to the pool.
-    """
-
-    # Each pool makes its own subclass with ``_self_pool`` set on the class, so
-    # that a handle carries nothing but the connection.
-    _self_pool: ConnectionPool
+class _Handle(_Proxy):
+    """What every sync handle is: the connection itself, plus psycopg 3's
+    ``execute()`` and ``transaction()``."""
 
     # A handle is also the pool's key for its checkout: it must hash and
     # compare as itself, not as the connection it wraps (which goes away).
@@ -202,13 +204,12 @@ class PooledConnection(_Proxy):
     autocommit = _forward("autocommit", writable=True)
     get_transaction_status = _forward("get_transaction_status")
 
-    @classmethod
-    def for_pool(cls, pool: ConnectionPool) -> type[PooledConnection]:
-        """The handle class of ``pool``."""
-        return type(cls.__name__, (cls,), {"_self_pool": pool, "__module__": cls.__module__})
+    #: ``transaction()`` blocks open on this handle (see :mod:`.transaction`).
+    #: A class default: handles are made without an ``__init__``.
+    _self_transactions = 0
 
     @staticmethod
-    def _pool_unwrap(handle: PooledConnection) -> Any:
+    def _pool_unwrap(handle: _Handle) -> Any:
         return handle.__wrapped__
 
     # wrapt looks this hook up and calls it on every __wrapped__ change: without
@@ -242,12 +243,52 @@ class PooledConnection(_Proxy):
         cur.execute(query, params)
         return cur
 
+    def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> Transaction:
+        """A block run as one transaction, as psycopg 3's ``conn.transaction()``.
+
+        ``with conn.transaction():`` begins a transaction if none is open, or
+        sets a savepoint if one is (an enclosing block, or statements run
+        before); it commits (releases the savepoint) at the end of the block,
+        or rolls back (to the savepoint) if the block raised, and re-raises.
+        """
+        return Transaction(self, savepoint_name, force_rollback)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a pooled connection cannot be pickled")
+
+
+class PooledConnection(_Handle):
+    """A psycopg2 connection checked out of a :class:`ConnectionPool`.
+
+    Use it as the connection itself. Leaving ``with conn:`` commits (or rolls
+    back on an exception) and gives it back to the pool. Once given back, only
+    ``closed`` (1) and ``close()`` (which does nothing) still work on it.
+    """
+
+    # Each pool makes its own subclass with ``_self_pool`` set on the class, so
+    # that a handle carries nothing but the connection.
+    _self_pool: ConnectionPool
+
+    @classmethod
+    def for_pool(cls, pool: ConnectionPool) -> type[PooledConnection]:
+        """The handle class of ``pool``."""
+        return type(cls.__name__, (cls,), {"_self_pool": pool, "__module__": cls.__module__})
+
     def close(self) -> None:
-        """Close the connection, or give it back if the pool has ``close_returns``."""
+        """Close the connection, or give it back if the pool has ``close_returns``.
+
+        On a handle already given back, do nothing: the connection is no
+        longer this handle's to close.
+        """
+        conn = self.__wrapped__
+        if conn is RETURNED:
+            return
         if self._self_pool.close_returns:
             self._self_pool.putconn(self)
         else:
-            self.__wrapped__.close()
+            conn.close()
 
     def __enter__(self) -> PooledConnection:
         return self
@@ -263,5 +304,37 @@ class PooledConnection(_Proxy):
             return  # given back inside the block already
         end_block(self._self_pool, self, conn, exc_type is None)
 
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError("a pooled connection cannot be pickled")
+
+class CallbackConnection(_Handle):
+    """The connection as a sync pool's ``configure``, ``check`` and ``reset`` get it.
+
+    The same kind of object as a client's handle (``conn.execute()``,
+    ``conn.transaction()``, the psycopg2 connection otherwise), alive only
+    while the callback runs. ``with conn:`` is psycopg2's: it ends the
+    transaction and leaves the connection open.
+    """
+
+    def __enter__(self) -> CallbackConnection:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        return self.__wrapped__.__exit__(exc_type, exc, tb)
+
+
+_new_callback_connection = CallbackConnection.__new__
+
+
+def lend(callback: Callable[[Any], object], conn: Any) -> None:
+    """Call ``callback`` with a :class:`CallbackConnection` on ``conn``, dead once it returns."""
+    handle = _new_callback_connection(CallbackConnection)
+    handle.__wrapped__ = conn
+    try:
+        callback(handle)
+    finally:
+        handle.__wrapped__ = RETURNED

@@ -557,6 +557,35 @@ def test_connection_failure_is_retried_then_reconnect_failed_called():
     run(main())
 
 
+def test_closed_reads_true_once_given_back(target):
+    async def main() -> None:
+        async with make(target, min_size=1) as pool:
+            async with pool.connection() as conn:
+                assert conn.closed == 0
+            assert conn.closed == 1
+            async with pool.connection() as again:
+                assert again.__wrapped__.closed == 0
+
+    run(main())
+
+
+@pytest.mark.parametrize("close_returns", [False, True])
+def test_close_once_given_back_does_nothing(target, close_returns):
+    async def main() -> None:
+        async with make(target, min_size=1, close_returns=close_returns) as pool:
+            await pool.wait()
+            async with pool.connection() as conn:
+                pid = conn.get_backend_pid()
+            await conn.close()
+            assert pool.get_stats()["pool_available"] == 1
+            async with pool.connection() as again:
+                assert again.get_backend_pid() == pid
+                cur = await again.execute("select 1")
+                assert await cur.fetchone() == (1,)
+
+    run(main())
+
+
 # -- callbacks and maintenance ------------------------------------------------------
 
 
@@ -607,12 +636,13 @@ def test_configure_leaving_a_transaction_is_an_error(target):
     run(main())
 
 
-def test_failing_check_replaces_connection(target):
+def test_check_that_closes_the_connection_gets_it_replaced(target):
     async def main() -> None:
         bad = set()
 
         async def check(conn: Any) -> None:
             if conn.get_backend_pid() in bad:
+                await conn.close()  # a connection failing its check stays, unless closed
                 raise psycopg2.OperationalError("bad")
 
         async with make(target, min_size=1, max_size=1, check=check) as pool:

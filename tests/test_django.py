@@ -332,10 +332,10 @@ def test_jsonb_comes_back_as_text_for_jsonfield(probes: dict[str, Any]) -> None:
 
 def test_user_reset_runs_before_the_session_is_restored(probes: dict[str, Any]) -> None:
     result = outcome(probes, "user_reset_runs_then_the_session_is_restored")
-    # The user's reset (RESET ALL) got the real connection and dropped the
-    # time zone; the backend set it again before the next checkout.
+    # The user's reset (RESET ALL) got the pool's callback handle and dropped
+    # the time zone; the backend set it again before the next checkout.
     assert result == {
-        "resets": ["connection", "connection"],
+        "resets": ["CallbackConnection", "CallbackConnection"],
         "same_backend": True,
         "time_zones": ["UTC", "UTC"],
     }

@@ -353,3 +353,12 @@ def test_interrupted_psycopg2_pool_12_getconn_and_putconn(dsn: str) -> None:
         pool.putconn(conn)
 
     interrupt_everywhere(make, 2, before=lambda pool: None, action=use)
+
+
+def test_interrupted_getconn_with_a_check(facade: Any) -> None:
+    interrupt_everywhere(
+        lambda: facade(min_size=2, check=ConnectionPool.check_connection),
+        2,
+        before=lambda pool: None,
+        action=lambda pool, state: pool.getconn(),
+    )
