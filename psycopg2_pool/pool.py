@@ -461,7 +461,9 @@ class ConnectionPool(AbstractConnectionPool):
             # limited in waiters...) goes the engine's way further down. Looking
             # before the lock is only a hint: it is checked again under the lock.
             if self._pool:
-                with self._mutex:
+                mutex = self._mutex
+                try:  # the lock as in the engine's _getconn
+                    mutex.acquire()
                     if self._pool and not self.closed:
                         # An idle connection: the handle can wrap it as it is made,
                         # which costs wrapt a third less than setting __wrapped__ after.
@@ -478,8 +480,15 @@ class ConnectionPool(AbstractConnectionPool):
                         self._used[handle] = conn
                         self._rused[cid] = handle
                         self._requests += 1
+                finally:
+                    try:  # noqa: SIM105 - suppress() would be a call with the lock held
+                        mutex.release()
+                    except RuntimeError:
+                        pass
             elif self._waiters and self._queue_when_full:
-                with self._mutex:
+                mutex = self._mutex
+                try:
+                    mutex.acquire()
                     if (
                         self._waiters
                         and not self._pool
@@ -494,6 +503,11 @@ class ConnectionPool(AbstractConnectionPool):
                         waiter = Waiter(self._new_handle(self._handle_class))
                         self._waiters.append(waiter)
                         self._stats[_QUEUED] += 1
+                finally:
+                    try:  # noqa: SIM105 - suppress() would be a call with the lock held
+                        mutex.release()
+                    except RuntimeError:
+                        pass
             if waiter is not None:
                 called = waiter.since
                 # The engine's _wait, inlined for the same reason.
@@ -943,7 +957,9 @@ class ConnectionPool(AbstractConnectionPool):
             # connection: an interrupt (it lands only after a call) cannot
             # leave it half done.
             cid = id(real)
-            with self._mutex:
+            mutex = self._mutex
+            try:  # the lock as in the engine's _getconn
+                mutex.acquire()
                 if (
                     (self._waiters or self._keep_all)
                     and not self.closed
@@ -968,6 +984,11 @@ class ConnectionPool(AbstractConnectionPool):
                         del self._rused[cid]
                         self._keep_idle(real)
                     return
+            finally:
+                try:  # noqa: SIM105 - suppress() would be a call with the lock held
+                    mutex.release()
+                except RuntimeError:
+                    pass
         try:
             self._putconn(real, handle, close)
         except KeyError:
