@@ -752,17 +752,14 @@ class ConnectionPool(AbstractConnectionPool):
         ``reset``) and kept, but handed out last: the check may have failed
         for this connection alone.
         """
-        if timed_out or conn.closed or conn.get_transaction_status() == _UNKNOWN:
-            self._discard_checked_out(conn, lost=True)
+        if self._discarded_at_check(conn, timed_out):
             return
         # Counted while it is restored; the finally clause takes the count
         # back whatever interrupts the client (see engine._putconn).
         restoring = healthy = kept = False
         try:
             with self._mutex:
-                key = self._rused.get(id(conn))
-                if key is not None:
-                    self._forget(key)
+                self._forget_connection(conn)
                 self._pending += 1
                 restoring = True
             healthy = self._restore(conn)
@@ -775,19 +772,29 @@ class ConnectionPool(AbstractConnectionPool):
             self._drop(conn)
             self._replace()
 
+    def _discarded_at_check(self, conn: Connection, timed_out: bool) -> bool:
+        """Discard (and replace) a connection that failed the check broken."""
+        if timed_out or conn.closed or conn.get_transaction_status() == _UNKNOWN:
+            self._discard_checked_out(conn, lost=True)
+            return True
+        return False
+
+    def _forget_connection(self, conn: Connection) -> None:
+        """Under the lock: stop tracking ``conn``, whichever key holds it."""
+        key = self._rused.get(id(conn))
+        if key is not None:
+            self._forget(key)
+
     def _set_aside(self, conn: Connection, timed_out: bool) -> bool:
         """For the async pool's check: :meth:`_failed_check` up to the restore.
 
         Discard ``conn`` if it is broken and return False; otherwise count it
         as pending, to be restored and given to :meth:`_file_failed`.
         """
-        if timed_out or conn.closed or conn.get_transaction_status() == _UNKNOWN:
-            self._discard_checked_out(conn, lost=True)
+        if self._discarded_at_check(conn, timed_out):
             return False
         with self._mutex:
-            key = self._rused.get(id(conn))
-            if key is not None:
-                self._forget(key)
+            self._forget_connection(conn)
             self._pending += 1
         return True
 
@@ -868,9 +875,7 @@ class ConnectionPool(AbstractConnectionPool):
 
     def _discard_checked_out(self, conn: Connection, lost: bool) -> None:
         with self._mutex:
-            key = self._rused.get(id(conn))
-            if key is not None:
-                self._forget(key)
+            self._forget_connection(conn)
             if lost:
                 self._stats[S.CONNECTIONS_LOST] += 1
         self._drop(conn)
@@ -997,9 +1002,7 @@ class ConnectionPool(AbstractConnectionPool):
         except PoolClosed:
             # Closed meanwhile: the connection goes with the pool.
             with self._mutex:
-                key = self._rused.get(id(real))
-                if key is not None:
-                    self._forget(key)
+                self._forget_connection(real)
             self._drop(real)
 
     def _verify(self, conn: Connection, life: _Life) -> bool:
