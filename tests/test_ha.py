@@ -45,23 +45,21 @@ def test_a_primary_that_turns_read_only_is_left_for_the_writable_one() -> None:
     # No promotion: the pool must not keep the read-only server's connections
     # once it has seen one turn, though new ones keep failing until a write
     # target exists; after the switch back, every checkout can write.
-    with cluster() as pair:
-        with _pool(pair.conninfo("read-write", pair.primary)) as pool:
-            pool.wait()
-            with contextlib.closing(psycopg2.connect(pair.primary.dsn)) as admin:
-                admin.autocommit = True
-                admin.cursor().execute("ALTER SYSTEM SET default_transaction_read_only = on")
-                admin.cursor().execute("SELECT pg_reload_conf()")
-                time.sleep(0.2)
-                with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
-                    with pool.connection() as conn:
-                        conn.cursor().execute("INSERT INTO written VALUES (1)")
-                assert pool.get_stats().get("pool_available", 0) == 0
-                admin.cursor().execute("ALTER SYSTEM RESET default_transaction_read_only")
-                admin.cursor().execute("SELECT pg_reload_conf()")
-            for n in range(8):
-                with pool.connection(timeout=5) as conn:
-                    conn.cursor().execute("INSERT INTO written VALUES (%s)", (n,))
+    with cluster() as pair, _pool(pair.conninfo("read-write", pair.primary)) as pool:
+        pool.wait()
+        with contextlib.closing(psycopg2.connect(pair.primary.dsn)) as admin:
+            admin.autocommit = True
+            admin.cursor().execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            admin.cursor().execute("SELECT pg_reload_conf()")
+            time.sleep(0.2)
+            with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction), pool.connection() as conn:
+                conn.cursor().execute("INSERT INTO written VALUES (1)")
+            assert pool.get_stats().get("pool_available", 0) == 0
+            admin.cursor().execute("ALTER SYSTEM RESET default_transaction_read_only")
+            admin.cursor().execute("SELECT pg_reload_conf()")
+        for n in range(8):
+            with pool.connection(timeout=5) as conn:
+                conn.cursor().execute("INSERT INTO written VALUES (%s)", (n,))
 
 
 def test_a_standby_pool_leaves_a_standby_that_was_promoted() -> None:
@@ -92,36 +90,35 @@ def test_a_standby_pool_leaves_a_standby_that_was_promoted() -> None:
 
 def test_hung_primary_clients_timeouts_hold_and_pool_moves_to_the_new_primary() -> None:
     checkouts: list[float] = []
-    with cluster() as pair:
-        with _pool(pair.conninfo("read-write")) as pool:
-            pool.wait()
-            promoted = hang(pair)
-            new_port = pair.standbys[0].port
-            on_new = math.inf
-            deadline = promoted + 10
-            while time.monotonic() < deadline:
-                called = time.monotonic()
-                try:
-                    with pool.connection(timeout=1) as conn:
-                        checkouts.append(time.monotonic() - called)
-                        # A statement on the hung server never ends: bound it.
-                        timer = threading.Timer(0.5, _break, (conn,))
-                        timer.start()
-                        try:
-                            cur = conn.cursor()
-                            cur.execute("SELECT inet_server_port()")
-                            port = cur.fetchone()[0]
-                        finally:
-                            timer.cancel()
-                except (psycopg2.Error, PoolTimeout):
+    with cluster() as pair, _pool(pair.conninfo("read-write")) as pool:
+        pool.wait()
+        promoted = hang(pair)
+        new_port = pair.standbys[0].port
+        on_new = math.inf
+        deadline = promoted + 10
+        while time.monotonic() < deadline:
+            called = time.monotonic()
+            try:
+                with pool.connection(timeout=1) as conn:
                     checkouts.append(time.monotonic() - called)
-                    continue
-                if port == new_port:
-                    on_new = time.monotonic() - promoted
-                    break
-            for pid in (pair.primary.pid, *_children(pair.primary.pid)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
+                    # A statement on the hung server never ends: bound it.
+                    timer = threading.Timer(0.5, _break, (conn,))
+                    timer.start()
+                    try:
+                        cur = conn.cursor()
+                        cur.execute("SELECT inet_server_port()")
+                        port = cur.fetchone()[0]
+                    finally:
+                        timer.cancel()
+            except (psycopg2.Error, PoolTimeout):
+                checkouts.append(time.monotonic() - called)
+                continue
+            if port == new_port:
+                on_new = time.monotonic() - promoted
+                break
+        for pid in (pair.primary.pid, *_children(pair.primary.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     print(
         f"on the new primary {on_new:.2f} s after the promotion; slowest checkout", max(checkouts)
     )
