@@ -926,7 +926,7 @@ class ConnectionPool(AbstractConnectionPool):
         """
         while True:
             life = self._lives.get(id(conn))
-            if life is None or life.off_role is None or not life.off_role(conn):
+            if life is None or life.off_role is None or conn.closed or not life.off_role(conn):
                 return conn
             self._retire_server(life.server, "at checkout")
             self._discard_checked_out(conn, lost=False)
@@ -980,7 +980,11 @@ class ConnectionPool(AbstractConnectionPool):
         say. A read-only transaction the client asked for itself changes nothing.
         """
         life = self._lives.get(id(conn))
-        if life is None or life.off_role not in (_writable_no_more, _primary_no_more):
+        if (
+            conn.closed
+            or life is None
+            or life.off_role not in (_writable_no_more, _primary_no_more)
+        ):
             return
         if life.off_role(conn) or conn.get_parameter_status("in_hot_standby") is None:
             life.expires = 0.0
@@ -1095,7 +1099,7 @@ class ConnectionPool(AbstractConnectionPool):
             life.idle_since = now
             if life.verified < self._suspect_before and not close:
                 close = not self._verify(real, life)
-            if life.off_role is not None and not close and life.off_role(real):
+            if life.off_role is not None and not close and not real.closed and life.off_role(real):
                 close = True
                 self._retire_server(life.server, "on return")
         if not close and not self._always_settle:

@@ -132,3 +132,49 @@ def _break(conn: Any) -> None:
     from psycopg2_pool._watchdog import shutdown_socket
 
     shutdown_socket(conn)
+
+
+def _binomial_two_sided(k: int, n: int) -> float:
+    """P(as far from n/2 as k, or farther) for a fair coin over n tosses."""
+    far = abs(k - n / 2)
+    return sum(math.comb(n, i) for i in range(n + 1) if abs(i - n / 2) >= far) / 2**n
+
+
+@pytest.mark.skipif(
+    psycopg2.extensions.libpq_version() < 160000,
+    reason="load_balance_hosts needs libpq 16; psycopg2 links an older one",
+)
+def test_read_pool_over_two_standbys_spreads_fairly_and_survives_one_stopping() -> None:
+    with cluster(standbys=2) as trio:
+        first, second = trio.standbys
+        conninfo = trio.conninfo("standby", first, second, extra="load_balance_hosts=random")
+        on_first = []
+        for _ in range(4):
+            with ConnectionPool(conninfo, min_size=16, open=True) as pool:
+                pool.wait()
+                held = [pool.getconn() for _ in range(16)]
+                on_first.append(sum(conn.info.port == first.port for conn in held))
+                for conn in held:
+                    pool.putconn(conn)
+        p_value = _binomial_two_sided(sum(on_first), 16 * len(on_first))
+        print("standby load balance: on the first of two, out of 16:", on_first, f"p={p_value:.3f}")
+        # Chance alone goes this far once in a thousand runs.
+        assert p_value > 0.001
+
+        with ConnectionPool(conninfo, min_size=8, open=True) as pool:
+            pool.wait()
+            first.stop("fast")
+            stopped = time.monotonic()
+            served = 0
+            while time.monotonic() < stopped + 2:
+                with contextlib.suppress(psycopg2.OperationalError), pool.connection(2) as conn:
+                    cur = conn.cursor()
+                    cur.execute("SELECT inet_server_port()")
+                    assert cur.fetchone()[0] == second.port
+                    served += 1
+            for _ in range(16):
+                with pool.connection(2) as conn:
+                    cur = conn.cursor()
+                    cur.execute("SELECT inet_server_port()")
+                    assert cur.fetchone()[0] == second.port
+            assert served > 0
