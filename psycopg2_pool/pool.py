@@ -70,7 +70,7 @@ _names = itertools.count(1)
 class _Life:
     """What the pool remembers about one of its connections."""
 
-    __slots__ = ("expires", "given_back_raw", "idle_since", "verified")
+    __slots__ = ("expires", "given_back_raw", "idle_since", "off_role", "server", "verified")
 
     def __init__(self, expires: float, now: float) -> None:
         self.expires = expires
@@ -78,6 +78,84 @@ class _Life:
         self.verified = now  # last known to work: made, or probed, then
         # putconn() took it back by the real connection once: never again.
         self.given_back_raw = False
+        #: For a connection made with a target_session_attrs: tells, from the
+        #: parameters the server reports, that it no longer has the role asked.
+        self.off_role: Callable[[Connection], bool] | None = None
+        self.server: tuple[str, int] | None = None  # (host, port) it is on
+
+
+# The roles libpq picks a server by (target_session_attrs), told again from
+# what PostgreSQL 14+ reports to the client when it changes: in_hot_standby and
+# default_transaction_read_only. A C call each, no round trip. An older server
+# reports neither (None): nothing is concluded then.
+def _writable_no_more(conn: Connection) -> bool:
+    status = conn.get_parameter_status
+    return status("default_transaction_read_only") == "on" or status("in_hot_standby") == "on"
+
+
+def _primary_no_more(conn: Connection) -> bool:
+    return conn.get_parameter_status("in_hot_standby") == "on"
+
+
+def _standby_no_more(conn: Connection) -> bool:
+    return conn.get_parameter_status("in_hot_standby") == "off"
+
+
+def _read_only_no_more(conn: Connection) -> bool:
+    status = conn.get_parameter_status
+    return status("default_transaction_read_only") == "off" and status("in_hot_standby") == "off"
+
+
+_ROLE_TESTS: dict[str, Callable[[Connection], bool]] = {
+    "read-write": _writable_no_more,
+    "primary": _primary_no_more,
+    "standby": _standby_no_more,
+    "read-only": _read_only_no_more,
+}
+
+#: Reconnection delays of a pool whose connections have a role to keep: the
+#: first and the longest (seconds).
+_ROLE_RETRY = (0.1, 0.4)
+
+#: SQLSTATE read_only_sql_transaction: a write reached a read-only server.
+READ_ONLY_SQL_TRANSACTION = "25006"
+
+
+def _role_test(conn: Connection) -> Callable[[Connection], bool] | None:
+    """What tells that ``conn`` left the role its target_session_attrs asked for.
+
+    ``prefer-standby`` settles for a primary when no standby answers: only a
+    connection made to a standby is watched (for a promotion).
+    """
+    try:
+        wanted = conn.get_dsn_parameters().get("target_session_attrs") or "any"
+    except psycopg2.Error:  # pragma: no cover - a connection just made
+        return None
+    if wanted == "prefer-standby":
+        wanted = "standby" if conn.get_parameter_status("in_hot_standby") == "on" else "any"
+    return _ROLE_TESTS.get(wanted)
+
+
+def _asks_for_a_role(conninfo: Any, kwargs: Any, connect_kwargs: dict[str, Any]) -> bool:
+    """Whether connections made from these arguments may have a role to keep.
+
+    Decided once, when the pool is made; a callable conninfo or kwargs may ask
+    for one at any connect, so it counts as asking.
+    """
+    if callable(conninfo) or callable(kwargs):
+        return True
+    arguments = {**connect_kwargs, **(kwargs or {})}
+    if "target_session_attrs" in arguments:
+        return arguments["target_session_attrs"] not in (None, "", "any")
+    if os.environ.get("PGTARGETSESSIONATTRS", "any") not in ("", "any"):
+        return True
+    try:
+        params = _ext.parse_dsn(conninfo or "")
+    except psycopg2.ProgrammingError:
+        return False  # connect() reports the bad conninfo itself
+    if "service" in params or "PGSERVICE" in os.environ:
+        return True  # a service file may ask for one
+    return bool(params.get("target_session_attrs", "any") != "any")
 
 
 def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
@@ -147,6 +225,12 @@ class _ConnectionContext:
             conn = pool._used.get(self.handle)
             if conn is None:
                 return  # given back inside the block already
+            if (
+                exc_type is not None
+                and pool._roles
+                and getattr(exc, "pgcode", None) == READ_ONLY_SQL_TRANSACTION
+            ):
+                pool._read_only_error(conn)
             end_block(pool, self.handle, conn, exc_type is None)
         finally:
             # Approximate under concurrency, as in psycopg_pool: no lock for a duration sum.
@@ -273,6 +357,9 @@ class ConnectionPool(AbstractConnectionPool):
         # Nothing to do on checkout beyond handing the connection over.
         # Connections last verified before this may be dead: the pool saw one die.
         self._suspect_before = 0.0
+        # Connections may have a role to keep (target_session_attrs): tested
+        # at checkout and return. Decided once: other pools pay nothing for it.
+        self._roles = _asks_for_a_role(conninfo, kwargs, connect_kwargs)
         self._update_plain_checkout()
         if open:
             self._open()
@@ -557,6 +644,8 @@ class ConnectionPool(AbstractConnectionPool):
         conn = self._cleaned(conn, deadline, timeout)
         if self._suspect_before:
             conn = self._trusted(conn, deadline, timeout)
+        if self._roles:
+            conn = self._in_role(conn, deadline, timeout)
         if self._check is not None:
             conn = self._checked(conn, deadline, timeout)
         if conn is not first:
@@ -604,6 +693,7 @@ class ConnectionPool(AbstractConnectionPool):
             or self._check
             or self.leak_timeout is not None
             or self._suspect_before
+            or self._roles
         )
 
     def _warn_implicit_open(self) -> None:
@@ -743,6 +833,8 @@ class ConnectionPool(AbstractConnectionPool):
             conn = self._cleaned(self._next_candidate(deadline, timeout), deadline, timeout)
             if self._suspect_before:
                 conn = self._trusted(conn, deadline, timeout)
+            if self._roles:
+                conn = self._in_role(conn, deadline, timeout)
 
     def _failed_check(self, conn: Connection, timed_out: bool) -> None:
         """Take back a connection that failed the check at checkout.
@@ -846,6 +938,78 @@ class ConnectionPool(AbstractConnectionPool):
                 return conn
             self._discard_checked_out(conn, lost=True)
             conn = self._next_candidate(deadline, timeout)
+
+    def _in_role(self, conn: Connection, deadline: float, timeout: float) -> Connection:
+        """Never hand out a connection whose server left the role asked for.
+
+        It is closed and so are its siblings on the same server (see
+        :meth:`_retire_server`); the client gets the next one.
+        """
+        while True:
+            life = self._lives.get(id(conn))
+            if life is None or life.off_role is None or conn.closed or not life.off_role(conn):
+                return conn
+            self._retire_server(life.server, "at checkout")
+            self._discard_checked_out(conn, lost=False)
+            conn = self._cleaned(self._next_candidate(deadline, timeout), deadline, timeout)
+
+    def _retire_server(self, server: tuple[str, int] | None, seen: str) -> None:
+        """A connection to ``server`` no longer has the role its pool asked for:
+        neither do its siblings, though they have not heard yet.
+
+        PostgreSQL tells a connection of a role change only when it next
+        answers a query, so an idle sibling looks as it was: close the idle
+        ones now, and the ones in use when they come back. New connections go
+        where libpq finds the role asked for.
+        """
+        if server is None:
+            return
+        with self._mutex:
+            idle = []
+            for conn in self._pool:
+                life = self._lives.get(id(conn))
+                if life is not None and life.server == server:
+                    idle.append(conn)
+            for conn in idle:
+                self._pool.remove(conn)
+            in_use = 0
+            for conn in self._used.values():
+                life = self._lives.get(id(conn))
+                if life is not None and life.server == server and life.expires > 0.0:
+                    life.expires = 0.0  # closed when given back
+                    in_use += 1
+        if idle or in_use:
+            logger.warning(
+                "server %s:%s of %r changed role (seen %s): closing its %d idle connections,"
+                " and %d in use when they come back",
+                server[0],
+                server[1],
+                self.name,
+                seen,
+                len(idle),
+                in_use,
+            )
+        for conn in idle:
+            self._drop(conn)
+            self._replace()
+
+    def _read_only_error(self, conn: Connection) -> None:
+        """A write on ``conn`` failed with SQLSTATE 25006 (read-only transaction).
+
+        In a pool that wants a writable server, retire its server's connections
+        if the server turned read-only: it says so (PostgreSQL 14+), or cannot
+        say. A read-only transaction the client asked for itself changes nothing.
+        """
+        life = self._lives.get(id(conn))
+        if (
+            conn.closed
+            or life is None
+            or life.off_role not in (_writable_no_more, _primary_no_more)
+        ):
+            return
+        if life.off_role(conn) or conn.get_parameter_status("in_hot_standby") is None:
+            life.expires = 0.0
+            self._retire_server(life.server, "by a read-only error")
 
     def _next_candidate(self, deadline: float, timeout: float) -> Connection:
         """After a connection was turned down at checkout: the next one, in the time left.
@@ -954,6 +1118,9 @@ class ConnectionPool(AbstractConnectionPool):
             life.idle_since = now
             if life.verified < self._suspect_before and not close:
                 close = not self._verify(real, life)
+            if life.off_role is not None and not close and not real.closed and life.off_role(real):
+                close = True
+                self._retire_server(life.server, "on return")
         if not close and not self._always_settle:
             # The engine's common case, inlined: a connection ready for reuse
             # goes to the longest waiting client, or back among the idle ones.
@@ -1176,7 +1343,11 @@ class ConnectionPool(AbstractConnectionPool):
         # Up to 10% earlier than max_lifetime, so that connections made
         # together do not all expire together.
         expires = now + self.max_lifetime * (1.0 - 0.1 * random.random())
-        self._lives[id(conn)] = _Life(expires, now)
+        life = self._lives[id(conn)] = _Life(expires, now)
+        if self._roles:
+            life.off_role = _role_test(conn)
+            if life.off_role is not None:
+                life.server = (conn.info.host, conn.info.port)
         # wrapt's constructor reads the connection's __module__: cheap if its
         # class is a Python one, an exception each time for psycopg2's own.
         self._wrap_at_birth = any("__module__" in vars(k) for k in type(conn).__mro__)
@@ -1217,7 +1388,13 @@ class ConnectionPool(AbstractConnectionPool):
 
     def _connect_failed(self, exc: Exception, attempt: Backoff | None, growing: bool) -> None:
         logger.warning("error connecting in %r: %s", self.name, self._masked(exc))
-        attempt = attempt or Backoff(self.reconnect_timeout)
+        if attempt is None:
+            if self._roles:
+                # A failover leaves no server of the role asked for until a
+                # standby is promoted, seconds later: look again often.
+                attempt = Backoff(self.reconnect_timeout, *_ROLE_RETRY)
+            else:
+                attempt = Backoff(self.reconnect_timeout)
         delay = attempt.next_delay(monotonic())
         with self._mutex:
             if self.closed or self._workers is None:

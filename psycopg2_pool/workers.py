@@ -162,8 +162,12 @@ class Backoff:
     FACTOR = 2.0
     JITTER = 0.1
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(
+        self, timeout: float, initial: float | None = None, most: float | None = None
+    ) -> None:
         self.timeout = timeout
+        self.initial = self.INITIAL_DELAY if initial is None else initial
+        self.most = most  # no delay longer than this, if set
         self.delay = 0.0
         self.give_up_at = 0.0
 
@@ -171,9 +175,11 @@ class Backoff:
         """The wait before the next attempt, or None when it is time to give up."""
         if self.delay == 0.0:
             self.give_up_at = now + self.timeout
-            self.delay = self.INITIAL_DELAY * (1 + random.uniform(-self.JITTER, self.JITTER))
+            self.delay = self.initial * (1 + random.uniform(-self.JITTER, self.JITTER))
         else:
             self.delay *= self.FACTOR
+            if self.most is not None and self.delay > self.most:
+                self.delay = self.most * (1 + random.uniform(-self.JITTER, self.JITTER))
         if now >= self.give_up_at:
             return None
         return min(self.delay, self.give_up_at - now)
