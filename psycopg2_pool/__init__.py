@@ -20,7 +20,8 @@ from .engine import AbstractConnectionPool
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .legacy import PersistentConnectionPool, SimpleConnectionPool, ThreadedConnectionPool
 from .null_pool import NullConnectionPool
-from .pool import ConnectionPool, ThreadSafeConnectionPool
+from .pool import ConnectionPool
+from .pool12 import ThreadSafeConnectionPool
 from .wrapper import PooledConnection
 
 _psycopg2_compat.install()

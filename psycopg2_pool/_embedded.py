@@ -70,7 +70,9 @@ class EmbeddedServer:
     directory is deleted on :meth:`cleanup` (or leaving the ``with`` block).
     """
 
-    def __init__(self, port: int | None = None, **settings: str) -> None:
+    def __init__(
+        self, port: int | None = None, *, standby_of: EmbeddedServer | None = None, **settings: str
+    ) -> None:
         self.bin_dir = _bin_dir()
         self.port = port or free_port()
         self.settings = {**_FAST_SETTINGS, **settings}
@@ -83,7 +85,10 @@ class EmbeddedServer:
             _ensure_service_user()
             self._user = _SERVICE_USER
             self._make_reachable()
-        self._initdb()
+        if standby_of is None:
+            self._initdb()
+        else:
+            self._copy_of(standby_of)
 
     @property
     def dsn(self) -> str:
@@ -138,6 +143,39 @@ class EmbeddedServer:
             "--encoding=UTF8",
             "--no-sync",
         )
+
+    def _copy_of(self, primary: EmbeddedServer) -> None:
+        """A streaming standby's data directory, copied from a running ``primary``.
+
+        The primary's default pg_hba.conf (initdb) lets replication in from
+        127.0.0.1, and its default wal_level and max_wal_senders allow it.
+        """
+        self._run(
+            "pg_basebackup",
+            "-D",
+            str(self.datadir),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "--no-sync",
+        )
+
+    def promote(self, timeout: float = 30.0) -> None:
+        """Make a standby a primary; return once it accepts writes."""
+        self._run("pg_ctl", "-D", str(self.datadir), "-w", "-t", str(int(timeout)), "promote")
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (while it runs)."""
+        return int((self.datadir / "postmaster.pid").read_text().split()[0])
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the server and wait until it accepts connections."""

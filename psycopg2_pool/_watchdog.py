@@ -21,7 +21,9 @@ from typing import Any
 class Watchdog:
     """Shut ``conn``'s socket down if :meth:`done` is not called before :meth:`fire`."""
 
-    __slots__ = ("_conn", "_lock", "state")
+    # Timers hold what they call weakly (see workers.WeakCall): a watchdog is
+    # only needed while the caller of run_bounded() holds it.
+    __slots__ = ("__weakref__", "_conn", "_lock", "state")
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn

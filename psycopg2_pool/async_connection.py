@@ -47,6 +47,7 @@ __all__ = [
     "abort_query",
     "connect",
     "discard",
+    "lend_async",
     "wait_ready",
 ]
 
@@ -262,17 +263,20 @@ async def connect(
 ) -> Connection:
     """Open a psycopg2 asynchronous connection without blocking the loop.
 
-    ``timeout`` (or ``connect_timeout`` in the DSN: libpq does not enforce it
-    in asynchronous mode) bounds the whole attempt. The connection is closed
-    if the attempt fails or the task is cancelled.
+    ``timeout`` and ``connect_timeout`` in the DSN (libpq does not enforce it
+    in asynchronous mode), whichever is shorter, bound the whole attempt. The
+    connection is closed if the attempt fails or the task is cancelled.
     """
     params = _ext.parse_dsn(_ext.make_dsn(dsn, **kwargs))
     params = await _resolve_hosts(params)
-    if timeout is None and params.get("connect_timeout"):
+    if params.get("connect_timeout"):
         try:
-            timeout = max(float(params["connect_timeout"]), 2.0)
+            seconds = float(params["connect_timeout"])
         except ValueError:
-            timeout = None
+            seconds = 0.0
+        if seconds > 0:  # 0 (or less) means no limit, as for libpq
+            seconds = max(seconds, 2.0)
+            timeout = seconds if timeout is None else min(timeout, seconds)
     deadline = None if timeout is None or timeout <= 0 else monotonic() + timeout
     factory = connection_factory if connection_factory is not None else Connection
     conn: Connection = psycopg2.connect(
@@ -522,7 +526,10 @@ class AsyncConnection(_Proxy):
     def autocommit(self) -> bool:
         """Whether commands run outside transactions (``await set_autocommit()`` changes it)."""
         conn = self.__wrapped__
-        conn.closed  # noqa: B018 - raises ConnectionReturned on a returned handle
+        if conn is RETURNED:
+            raise ConnectionReturned(
+                "this connection was returned to the pool: get a new one from the pool"
+            )
         return conn in _AUTOCOMMIT
 
     @autocommit.setter
@@ -644,11 +651,18 @@ class AsyncPooledConnection(AsyncConnection):
         return type(cls.__name__, (cls,), {"_self_pool": pool, "__module__": cls.__module__})
 
     async def close(self) -> None:
-        """Close the connection, or give it back if the pool has ``close_returns``."""
+        """Close the connection, or give it back if the pool has ``close_returns``.
+
+        On a handle already given back, do nothing: the connection is no
+        longer this handle's to close.
+        """
+        conn = self.__wrapped__
+        if conn is RETURNED:
+            return
         if self._self_pool.close_returns:
             await self._self_pool.putconn(self)
         else:
-            discard(self.__wrapped__)
+            discard(conn)
 
     async def __aexit__(
         self,
@@ -663,6 +677,20 @@ class AsyncPooledConnection(AsyncConnection):
             await self._end_transaction(exc_type)
         finally:
             await self._self_pool.putconn(self)
+
+
+async def lend_async(callback: Any, conn: Connection) -> None:
+    """Call a pool callback with an :class:`AsyncConnection` on ``conn``, dead once it returns.
+
+    The callback is called here, not by the caller: a coroutine cancelled
+    before it started (a check whose time ran out) then leaves no coroutine
+    of the callback's never awaited.
+    """
+    wrapper = AsyncConnection(conn)
+    try:
+        await maybe_await(callback(wrapper))
+    finally:
+        wrapper.__wrapped__ = RETURNED
 
 
 async def maybe_await(result: Any) -> Any:

@@ -39,20 +39,22 @@ import psycopg2
 from psycopg2 import extensions as _ext
 
 from . import stats as S
+from ._connect_options import split_options
 from .async_connection import (
-    AsyncConnection,
+    _AUTOCOMMIT,
     AsyncPooledConnection,
     _run,
     abort_query,
     connect,
     discard,
+    lend_async,
     maybe_await,
 )
-from .engine import AbstractConnectionPool, Connection, Waiter
+from .engine import FOREVER, AbstractConnectionPool, Connection, Waiter
 from .errors import PoolTimeout
 from .null_pool import NullConnectionPool
 from .pool import ConnectionPool, _ensure_idle
-from .workers import Task, Workers
+from .workers import Backoff, Retry, Task, WeakCall, Workers
 from .wrapper import RETURNED
 
 __all__ = ["AsyncConnectionPool", "AsyncNullConnectionPool"]
@@ -92,7 +94,9 @@ class AsyncWaiter(Waiter):
         self._thread = thread
         self._future: asyncio.Future[None] = loop.create_future()
         self.interrupt: BaseException | None = None
+        self.reserved = False
         self.since = monotonic()
+        self.wake = self._wake
 
     def serve(self, conn: Connection) -> None:
         self.conn = conn
@@ -151,11 +155,17 @@ class _LoopWorkers(Workers):
         else:
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def submit(self, task: Task) -> None:
+    def submit(self, method: Callable[..., object], *args: Any) -> None:
+        self.post(WeakCall(method, args))
+
+    def post(self, task: Task) -> None:
         self._call(self._loop.call_soon, self._run, task)
 
-    def schedule(self, delay: float, task: Task) -> None:
-        self._call(self._schedule, delay, task)
+    def schedule(self, delay: float, method: Callable[..., object], *args: Any) -> None:
+        self._call(self._schedule, delay, WeakCall(method, args))
+
+    # Connects never block the loop: an alarm can be an ordinary timer.
+    alarm = schedule
 
     def _schedule(self, delay: float, task: Task) -> None:
         if self._stopping:
@@ -193,6 +203,9 @@ class _LoopWorkers(Workers):
 
     def stop(self, timeout: float) -> None:
         """Stop taking tasks and cancel the timers; see :meth:`join` for the running ones."""
+        self.signal_stop()
+
+    def signal_stop(self) -> None:
         self._stopping = True
         with contextlib.suppress(RuntimeError):  # the loop is closed already
             self._call(self._cancel_timers)
@@ -498,53 +511,110 @@ class AsyncConnectionPool(ConnectionPool):
                     self._stats[S.REQUESTS_ERRORS] += 1
         return super()._wait(waiter, timeout)
 
-    def _open_for(self, key: Hashable) -> Any:
-        return self._open_for_async(key)
+    def _open_for(self, request: Waiter, timeout: float | None = None) -> Any:
+        return self._open_for_async(request, timeout)
 
-    async def _open_for_async(self, key: Hashable) -> Connection:
-        try:
-            conn = await self._new_connection_async()
-        except BaseException:
+    async def _open_for_async(self, request: Waiter, timeout: float | None) -> Connection:
+        # The null pool's clients connect themselves, within their timeout.
+        if timeout is not None and timeout >= FOREVER:
+            timeout = None
+        elif timeout is not None and timeout <= 0:  # no connection is ever ready at once here
             with self._mutex:
-                self._pending -= 1
+                self._unreserve(request)
+                raise self._timeout_error(None, timeout)
+        deadline = None if timeout is None else monotonic() + timeout
+        try:
+            conn = await self._new_connection_async(connect_timeout=timeout)
+        except BaseException as exc:
+            error = None
+            with self._mutex:
+                self._unreserve(request)
+                if deadline is not None and monotonic() >= deadline:
+                    error = self._timeout_error(None, timeout)
+            if isinstance(exc, Exception):
+                self._replace()  # the slot is free again: maybe for a client in line
+                if error is not None:
+                    raise error from exc
             raise
         self._prepared = conn
-        return super()._open_for(key)
+        # The engine's filing (not the sync null pool's, which connects on a thread).
+        return AbstractConnectionPool._open_for(self, request)
 
     async def _checked_async(self, conn: Connection, deadline: float, timeout: float) -> Connection:
-        """Run the ``check`` callback; replace connections that fail it.
+        """Run the ``check`` callback; try another connection while it fails.
 
-        As in the sync pool, each check is bounded by what is left of the
-        client's timeout: a server that stops answering fails the check.
+        As in the sync pool: each check is bounded by what is left of the
+        client's timeout (a server that stops answering fails the check), a
+        connection that fails goes back to the pool, and the client tries
+        again at once, then backs off until its deadline.
         """
         check = self._acheck
         assert check is not None
+        retry = Retry(deadline)
         while True:
+            left = deadline - monotonic()
+            if left <= 0:
+                # No time left to check it: the connection goes back unused.
+                await self._failed_check_async(conn, timed_out=False)
+                self._raise_timeout(timeout)
             try:
-                await asyncio.wait_for(
-                    maybe_await(check(AsyncConnection(conn))), max(0.0, deadline - monotonic())
-                )
-            except (Exception, asyncio.TimeoutError) as exc:
+                await asyncio.wait_for(lend_async(check, conn), left)
+                _ensure_idle(conn, "check", check)
+            except Exception as exc:
                 logger.info("connection failed check: %s", self._masked(exc))
-                self._discard_checked_out(conn, lost=True)
+                await self._failed_check_async(conn, isinstance(exc, asyncio.TimeoutError))
             except BaseException:
                 self._give_back(conn, self._rused.get(id(conn)))
                 raise
             else:
                 return conn
-            if deadline - monotonic() <= 0:
-                with self._mutex:
-                    self._stats[S.REQUESTS_ERRORS] += 1
+            delay = retry.next_delay()
+            if delay is None:
+                self._raise_timeout(timeout)
+            if delay:
+                await asyncio.sleep(delay)
+            left = deadline - monotonic()
+            if left <= 0:
+                self._raise_timeout(timeout)
+            try:
+                got: Any = self._getconn(self._retry_key(), left)
+                conn = await got if type(got) is CoroutineType else got
+            except PoolTimeout:  # counted already
                 raise PoolTimeout(
                     f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec"
-                )
-            got: Any = self._getconn(None, max(0.0, deadline - monotonic()))
-            conn = await got if type(got) is CoroutineType else got
+                ) from None
+
+    def _raise_timeout(self, timeout: float) -> NoReturn:
+        with self._mutex:
+            raise self._timeout_error(None, timeout)
+
+    async def _failed_check_async(self, conn: Connection, timed_out: bool) -> None:
+        """The sync pool's ``_failed_check``, restoring asynchronously.
+
+        A check cancelled at the deadline may have left a query running: that
+        connection is discarded (its query cancelled on the server), not waited for.
+        """
+        if not self._set_aside(conn, timed_out or conn.isexecuting()):
+            return
+        # In a task of its own: if this one is cancelled, the return goes on.
+        task = asyncio.get_running_loop().create_task(self._restore_failed(conn))
+        self._returning.add(task)
+        task.add_done_callback(self._returned)
+        await asyncio.shield(task)
+
+    async def _restore_failed(self, conn: Connection) -> None:
+        try:
+            await self._restore_async(conn)
+        finally:
+            self._file_failed(conn, self._restore(conn))
 
     # -- return -------------------------------------------------------------------
 
     async def putconn(self, conn: Any) -> None:  # type: ignore[override]
-        """Give back a connection (the handle, or the real connection it wraps)."""
+        """Give back a connection: the handle, or the real connection it wraps.
+
+        A connection is taken back by its real object only once in its life.
+        """
         real, handle = self._claim(conn)
         if real.closed or (real.get_transaction_status() == _IDLE and self._areset is None):
             self._file_return(real)  # nothing to restore: no I/O, no task
@@ -577,7 +647,9 @@ class AsyncConnectionPool(ConnectionPool):
 
     def _file_return(self, real: Connection) -> None:
         """The sync pool's return: lifetime, size, waiting clients, stats."""
-        super().putconn(real)
+        # By the handle, claimed already: the real connection is taken back only once.
+        handle = self._rused.get(id(real))
+        super().putconn(real if handle is None else handle)
 
     async def _restore_async(self, conn: Connection) -> None:
         """Bring a returned connection back to idle; close it if that fails."""
@@ -590,7 +662,7 @@ class AsyncConnectionPool(ConnectionPool):
                 logger.warning("rolling back returned connection: %r", conn)
                 await _run(conn, "ROLLBACK")
             if self._areset is not None and not conn.closed:
-                await maybe_await(self._areset(AsyncConnection(conn)))
+                await lend_async(self._areset, conn)
                 await abort_query(conn)
                 _ensure_idle(conn, "reset", self._areset)
         except Exception as exc:
@@ -654,13 +726,20 @@ class AsyncConnectionPool(ConnectionPool):
         arguments = self._connect_arguments(conninfo, kwargs)
         started = self._connect_attempt()
         try:
-            options = {key: value for key, value in arguments.items() if key != "dsn"}
+            libpq_arguments, options = split_options(arguments)
+            dsn = libpq_arguments.pop("dsn")
             conn = await connect(
-                arguments["dsn"],
+                dsn,
                 connection_factory=self.connection_class,
                 timeout=connect_timeout,
-                **options,
+                **libpq_arguments,
             )
+            if options.cursor_factory is not None:
+                conn.cursor_factory = options.cursor_factory
+            if options.autocommit:
+                # psycopg2's asynchronous connections always autocommit; it is
+                # the wrapper that opens transactions, unless told not to.
+                _AUTOCOMMIT.add(conn)
         except Exception as exc:
             raise self._connect_error(exc, arguments) from None
         except BaseException:  # cancelled: still an attempt that failed
@@ -670,7 +749,7 @@ class AsyncConnectionPool(ConnectionPool):
         self._connected(now - started)
         if self._aconfigure is not None:
             try:
-                await maybe_await(self._aconfigure(AsyncConnection(conn)))
+                await lend_async(self._aconfigure, conn)
                 _ensure_idle(conn, "configure", self._aconfigure)
             except BaseException:
                 self._close_quietly(conn)
@@ -692,11 +771,16 @@ class AsyncConnectionPool(ConnectionPool):
     # -- maintenance ----------------------------------------------------------------
 
     async def check(self) -> None:  # type: ignore[override]
-        """Check the idle connections now; replace those that fail."""
+        """Check the idle connections now; replace those that fail.
+
+        A pool below ``min_size`` (its reconnection attempts gave up, say)
+        starts growing back to it.
+        """
         with self._mutex:
-            conns = self._pool[:]
+            conns = list(self._pool)
             self._pool.clear()
             self._pending += len(conns)
+            self._grow_to_min_size()
         for conn in conns:
             life = self._lives.get(id(conn))
             ok = life is not None and life.expires > monotonic()
@@ -743,7 +827,6 @@ class AsyncConnectionPool(ConnectionPool):
         self._returning.clear()
         self._filled = _Filled(self._mutex)
         self._growing = False
-        self._oversize = False
         self._workers = None
         self._opened = True
         self.closed = True
@@ -770,20 +853,42 @@ class AsyncNullConnectionPool(AsyncConnectionPool, NullConnectionPool):
         super().__init__(conninfo, min_size=min_size, **kwargs)
 
     async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
-        """Check that a connection can be made, within ``timeout`` seconds."""
+        """Check that a connection can be made, trying for up to ``timeout`` seconds.
+
+        Failed attempts are logged and retried with exponential backoff, each
+        bounded by the time left; the connection made is closed at once. At
+        the deadline close the pool and raise :class:`PoolTimeout`.
+        """
         if self._open_implicit:
             self._warn_implicit_open()
         with self._mutex:
             if self.closed:
                 raise self._closed_error()
-        try:
-            conn = await self._new_connection_async(connect_timeout=timeout)
-        except Exception as exc:
-            await self.close()
-            raise PoolTimeout(
-                f"pool {self.name!r} initialization incomplete after {timeout} sec"
-            ) from exc
-        self._drop(conn)
+        logger.info("waiting for pool %r initialization", self.name)
+        deadline = monotonic() + timeout
+        backoff = Backoff(timeout)
+        error: Exception | None = None
+        while (left := deadline - monotonic()) > 0:
+            try:
+                conn = await self._new_connection_async(connect_timeout=left)
+            except Exception as exc:
+                error = exc
+                logger.warning("error connecting in %r: %s", self.name, self._masked(exc))
+            else:
+                self._drop(conn)
+                logger.info("pool %r is ready to use", self.name)
+                return
+            delay = backoff.next_delay(monotonic())
+            if delay is None:
+                break
+            await asyncio.sleep(min(delay, deadline - monotonic()))
+            with self._mutex:
+                if self.closed:
+                    raise self._closed_error()
+        await self.close()
+        raise PoolTimeout(
+            f"pool {self.name!r} initialization incomplete after {timeout} sec"
+        ) from error
 
     async def check(self) -> None:  # type: ignore[override]
         """Nothing to check: the pool holds no idle connection."""

@@ -11,7 +11,8 @@ import logging
 import sys
 import threading
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, MutableSequence
+from contextlib import suppress
 from time import monotonic
 from typing import Any, NoReturn
 
@@ -66,25 +67,32 @@ FOREVER = threading.TIMEOUT_MAX
 
 
 class Waiter:
-    """A client's place in the queue for a connection.
+    """A client's request for a connection, when none was idle.
 
-    The pool hands a connection over (or an error) under its lock; the client
-    sleeps on a per-client lock outside it.
+    Either the client connects itself in a slot it reserved (``reserved``:
+    it holds one count of the pool's ``_pending``), or it waits in line: the
+    pool hands a connection over (or an error) under its lock, and the client
+    sleeps on a per-client lock outside it. The request is the one record of
+    what the pool owes the client, so a client interrupted anywhere (Ctrl-C)
+    can give back exactly that (:meth:`AbstractConnectionPool._abandon`).
     """
 
-    __slots__ = ("_signal", "conn", "error", "key", "since")
+    __slots__ = ("_signal", "conn", "error", "key", "reserved", "since", "wake")
 
     def __init__(self, key: Hashable) -> None:
         self.key = key
         self.conn: Connection | None = None
         self.error: BaseException | None = None
+        self.reserved = False
         self.since = monotonic()
         self._signal = threading.Lock()
         self._signal.acquire()
+        #: Wake the client; a C method, so no interrupt can land inside it.
+        self.wake: Callable[[], Any] = self._signal.release
 
     def serve(self, conn: Connection) -> None:
         self.conn = conn
-        self._signal.release()
+        self.wake()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
@@ -131,7 +139,10 @@ class AbstractConnectionPool:
         self._args = args
         self._kwargs = kwargs
         # The names below are psycopg2.pool's: subclasses in the wild read them.
-        self._pool: list[Connection] = []  # idle; the most recently returned is last
+        # Idle connections: clients take the last one (pop()). Returned ones are
+        # appended, so the most recently returned goes out first; the
+        # psycopg_pool-style pools put them in at the other end instead.
+        self._pool: MutableSequence[Connection] = []
         self._used: dict[Hashable, Connection] = {}  # key -> connection in use
         self._rused: dict[int, Hashable] = {}  # id(connection) -> key
         self._keys = 0
@@ -146,11 +157,11 @@ class AbstractConnectionPool:
 
     # -- policies: subclasses override these -----------------------------------
 
-    def _when_empty(self, key: Hashable) -> Waiter | None:
+    def _when_empty(self, request: Waiter) -> None:
         """Decide, under the lock, what a client gets when no connection is idle.
 
-        Return None after reserving a slot (the client then connects outside the
-        lock), return a queued :class:`Waiter`, or raise.
+        Reserve a slot (:meth:`_reserve`: the client then connects outside
+        the lock), put ``request`` in line (:attr:`_waiters`), or raise.
         """
         if len(self._used) + self._pending >= max(self.maxconn, self.minconn):
             orphans = self._take_orphans()
@@ -159,8 +170,19 @@ class AbstractConnectionPool:
             for conn in orphans:
                 # Closing sends one Terminate message and waits for nothing.
                 self._close_quietly(conn)
+        self._reserve(request)
+
+    def _reserve(self, request: Waiter) -> None:
+        """Under the lock: count a slot for ``request``, which will connect."""
+        # Both or neither: no interrupt can land between two plain stores.
         self._pending += 1
-        return None
+        request.reserved = True
+
+    def _unreserve(self, request: Waiter) -> None:
+        """Under the lock: give back the slot ``request`` reserved, once."""
+        if request.reserved:
+            request.reserved = False
+            self._pending -= 1
 
     #: Keep every healthy returned connection (and let idle ones time out),
     #: rather than only up to ``minconn`` idle ones.
@@ -214,46 +236,74 @@ class AbstractConnectionPool:
                 self._used[key] = conn
                 self._rused[id(conn)] = key
             else:
-                self._pool.append(conn)
+                self._release(conn)
         return conn
 
     def _getkey(self) -> Hashable:
-        """Return a new unique key."""
+        """Return a new unique key.
+
+        Called under the lock for each request without a key, just before the
+        client takes an idle connection (if there is one).
+        """
         return _new_key(AutoKey)
 
     def _getconn(self, key: Hashable | None = None, timeout: float | None = None) -> Connection:
         """Get a free connection and assign it to ``key`` if not None."""
-        # acquire/release rather than ``with``: this is the hot path.
+        # Whatever interrupts a client (Ctrl-C lands after any call) once the
+        # pool made it a request, _abandon() undoes; the request records what
+        # the pool owes the client.
+        request: Waiter | None = None
         mutex = self._mutex
-        mutex.acquire()
         try:
-            if self.closed:
-                self._refuse()
-            if key is None:
-                key = self._getkey()
-                if not self._fresh_keys and key in self._used:
+            # acquire() inside the try, release() in the finally clause, with no
+            # call in between where an interrupt could land on a held lock
+            # ("with" would do, at twice the cost of this pair).
+            try:
+                mutex.acquire()
+                if self.closed:
+                    self._refuse()
+                if key is None:
+                    key = self._getkey()
+                    if not self._fresh_keys and key in self._used:
+                        return self._used[key]
+                elif key in self._used:
                     return self._used[key]
-            elif key in self._used:
-                return self._used[key]
-            if self._pool:
-                conn = self._pool.pop()
-                self._used[key] = conn
-                self._rused[id(conn)] = key
-                return conn
-            waiter = self._when_empty(key)
-        finally:
-            mutex.release()
-        if waiter is None:
-            return self._open_for(key)
-        return self._wait(waiter, timeout)
+                if self._pool:
+                    conn = self._pool.pop()
+                    self._used[key] = conn
+                    self._rused[id(conn)] = key
+                    return conn
+                request = self._new_waiter(key)
+                self._when_empty(request)
+            finally:
+                try:  # noqa: SIM105 - suppress() would be a call with the lock held
+                    mutex.release()
+                except RuntimeError:  # acquire() itself was interrupted: not held
+                    pass
+            if request.reserved:
+                return self._open_for(request, timeout)
+            return self._wait(request, timeout)
+        except BaseException:
+            if request is not None:
+                self._abandon(request)
+            raise
 
-    def _open_for(self, key: Hashable) -> Connection:
-        """Connect for ``key`` in a slot reserved by :meth:`_when_empty`."""
+    def _new_waiter(self, key: Hashable) -> Waiter:
+        """A client's request (the async pools' can be awaited)."""
+        return Waiter(key)
+
+    def _open_for(self, request: Waiter, timeout: float | None = None) -> Connection:
+        """Connect for ``request`` in the slot it reserved (:meth:`_when_empty`).
+
+        ``timeout`` is the client's; here it is not enforced (no legacy pool
+        has one): pools whose clients connect themselves bound the attempt.
+        """
+        key = request.key
         try:
             conn = self._connect(key)
         finally:
             with self._mutex:
-                self._pending -= 1
+                self._unreserve(request)
         with self._mutex:
             if not self.closed:
                 return conn
@@ -271,15 +321,27 @@ class AbstractConnectionPool:
             raise
         return self._outcome(waiter, served, timeout)
 
-    def _abandon(self, waiter: Waiter) -> None:
-        """An interrupted client (KeyboardInterrupt...) leaves the queue, or gives
-        back what arrived meanwhile, so that no connection is lost."""
+    def _abandon(self, request: Waiter) -> None:
+        """A client interrupted (KeyboardInterrupt...) or failing before it got
+        its connection: give back what the pool owes it, once.
+
+        The slot it reserved, its place in line, or the connection that came
+        meanwhile (unless the checkout took it elsewhere already).
+        """
         with self._mutex:
-            if waiter.conn is None:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            self._unreserve(request)
+            conn = request.conn
+            if conn is None:
+                if request in self._waiters:
+                    self._waiters.remove(request)
                 return
-        self._putconn(waiter.conn, waiter.key)
+            request.conn = None
+            if self._used.get(request.key) is not conn:
+                return
+        try:
+            self._putconn(conn, request.key)
+        except PoolError:  # closed meanwhile: the connection goes with the pool
+            self._close_quietly(conn)
 
     def _outcome(self, waiter: Waiter, served: bool, timeout: float | None) -> Connection:
         """The connection a client woke up with, or the error it must raise."""
@@ -288,7 +350,10 @@ class AbstractConnectionPool:
             # A client served in time needs no lock: the server noted its wait.
             with self._mutex:
                 if waiter.conn is None and waiter.error is None:
-                    self._waiters.remove(waiter)
+                    # Not in line any more if whoever took it out to serve it
+                    # was interrupted before it could.
+                    with suppress(ValueError):
+                        self._waiters.remove(waiter)
                     waiter.error = self._timeout_error(waiter, timeout)
                     self._note_wait(waiter, monotonic() - waiter.since)
         if waiter.error is not None:
@@ -312,87 +377,122 @@ class AbstractConnectionPool:
     def _release(self, conn: Connection) -> None:
         """Under the lock: give ``conn`` to the longest waiting client, or keep it idle."""
         if self._waiters:
-            waiter = self._waiters.popleft()
-            self._used[waiter.key] = conn
-            self._rused[id(conn)] = waiter.key
+            # Plain stores between taking the waiter out of line and waking it:
+            # an interrupt (it lands only after a call) cannot strand it.
+            cid = id(conn)
+            waiter = self._waiters[0]
+            del self._waiters[0]
+            key = waiter.key
+            waiter.conn = conn
+            self._used[key] = conn
+            self._rused[cid] = key
+            waiter.wake()
             self._note_wait(waiter, monotonic() - waiter.since)
-            waiter.serve(conn)
         else:
             self._pool.append(conn)
 
     def _putconn(self, conn: Any = None, key: Hashable | None = None, close: bool = False) -> None:
         """Put away a connection."""
+        # The count of a connection being restored must not outlive an interrupt
+        # (Ctrl-C lands after any call): ``restoring`` is set with it, and the
+        # finally clause takes it back.
+        restoring = False
         mutex = self._mutex
-        mutex.acquire()
         try:
-            if self.closed:
-                raise self._closed_error()
-            if key is None:
-                key = self._rused.get(id(conn))
+            try:
+                mutex.acquire()
+                if self.closed:
+                    raise self._closed_error()
                 if key is None:
-                    raise self._unkeyed_error(conn)
-            elif conn is None:
-                conn = self._used.get(key)
-                if conn is None:
-                    raise PoolError(f"no connection is held by key {key!r}")
-            del self._used[key]
-            del self._rused[id(conn)]
-            if (
-                not close
-                and not self._always_settle
-                and not conn.closed
-                and conn.get_transaction_status() == _IDLE
-                and conn.status == _READY
-            ):
-                # The common case, decided without I/O.
-                if self._waiters or self._keep_all or len(self._pool) < self.minconn:
-                    if self._waiters:
-                        self._release(conn)
-                    else:
-                        self._pool.append(conn)
-                    return
-                close = True
-            self._pending += 1
+                    key = self._rused.get(id(conn))
+                    if key is None:
+                        raise self._unkeyed_error(conn)
+                elif conn is None:
+                    conn = self._used.get(key)
+                    if conn is None:
+                        raise PoolError(f"no connection is held by key {key!r}")
+                cid = id(conn)
+                del self._used[key]
+                del self._rused[cid]
+                if (
+                    not close
+                    and not self._always_settle
+                    and not conn.closed
+                    and conn.get_transaction_status() == _IDLE
+                    and conn.status == _READY
+                ):
+                    # The common case, decided without I/O.
+                    if self._waiters or self._keep_all or len(self._pool) < self.minconn:
+                        if self._waiters:
+                            self._release(conn)
+                        else:
+                            self._pool.append(conn)
+                        return
+                    close = True
+                healthy = kept = False
+                self._pending += 1
+                restoring = True
+            finally:
+                try:  # noqa: SIM105 - suppress() would be a call with the lock held
+                    mutex.release()
+                except RuntimeError:
+                    pass
+            healthy = not close and self._restore(conn)
         finally:
-            mutex.release()
-        self._settle(conn, close)
+            if restoring:
+                with self._mutex:
+                    self._pending -= 1
+                    kept = self._keep_restored(conn, healthy)
+        if not kept:
+            self._close_quietly(conn)
+            self._discarded(conn, broken=not close and not healthy)
 
     def _settle(self, conn: Connection, close: bool) -> None:
-        """Finish a return outside the lock: restore ``conn``, then keep or close it."""
+        """Finish a return outside the lock: restore ``conn``, then keep or close it.
+
+        The caller counted ``conn`` in ``_pending`` under the lock.
+        """
         healthy = kept = False
         try:
             healthy = not close and self._restore(conn)
         finally:
             with self._mutex:
                 self._pending -= 1
-                kept = (
-                    healthy
-                    and not self.closed
-                    and bool(self._waiters or self._keep_all or len(self._pool) < self.minconn)
-                )
-                if kept:
-                    self._release(conn)
-            if not kept:
-                self._close_quietly(conn)
+                kept = self._keep_restored(conn, healthy)
         if not kept:
+            self._close_quietly(conn)
             self._discarded(conn, broken=not close and not healthy)
+
+    def _keep_restored(self, conn: Connection, healthy: bool) -> bool:
+        """Under the lock: file a restored connection, if it is to be kept."""
+        kept = (
+            healthy
+            and not self.closed
+            and bool(self._waiters or self._keep_all or len(self._pool) < self.minconn)
+        )
+        if kept:
+            self._release(conn)
+        return kept
 
     def _refill(self) -> None:
         """Open connections back up to ``minconn`` (legacy pools have no workers)."""
         while True:
-            with self._mutex:
-                if self.closed or self._size() >= self.minconn:
-                    return
-                self._pending += 1
+            counted = False
             try:
+                with self._mutex:
+                    if self.closed or self._size() >= self.minconn:
+                        return
+                    self._pending += 1
+                    counted = True
                 # Through _connect, so that subclasses configure these too.
                 conn = self._connect()
             except Exception as exc:
                 logger.warning("cannot refill the pool to minconn: %s", exc)
                 return
             finally:
-                with self._mutex:
-                    self._pending -= 1
+                if counted:
+                    with self._mutex:
+                        self._pending -= 1
             with self._mutex:
                 if not self.closed:
                     continue
@@ -447,11 +547,11 @@ class AbstractConnectionPool:
             if self.closed:
                 raise self._closed_error()
             self.closed = True
-            conns = self._pool + list(self._used.values())
-            waiters = list(self._waiters)
+            conns = [*self._pool, *self._used.values()]
+            # Under the lock, so that a waiter timing out now finds the error.
+            for waiter in self._waiters:
+                waiter.fail(self._closed_error())
             self._waiters.clear()
-        for waiter in waiters:
-            waiter.fail(self._closed_error())
         for conn in conns:
             self._close_quietly(conn)
 
@@ -470,6 +570,20 @@ def unreferenced_keys(used: dict[Hashable, Any], *, on_key: bool) -> list[Hashab
     baseline = _reference_counts(probe_used, on_key)[0][1]
     probe_rused.clear()
     return [key for key, refs in _reference_counts(used, on_key) if refs <= baseline]
+
+
+def held_only_by(used: dict[Hashable, Any], keys: list[Hashable]) -> list[Hashable]:
+    """Of ``keys``, those whose connection nothing but ``used`` references.
+
+    Measured against a probe as :func:`unreferenced_keys` is.
+    """
+    probe: dict[Hashable, Any] = {AutoKey(): object()}
+    baseline = _value_counts(probe, list(probe))[0]
+    return [key for key, refs in zip(keys, _value_counts(used, keys)) if refs <= baseline]
+
+
+def _value_counts(used: dict[Hashable, Any], keys: list[Hashable]) -> list[int]:
+    return [sys.getrefcount(used[key]) for key in keys]
 
 
 def _reference_counts(used: dict[Hashable, Any], on_key: bool) -> list[tuple[Hashable, int]]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import random
 import threading
 import traceback
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Hashable
+from contextlib import suppress
 from functools import partial
 from time import monotonic
 from types import TracebackType
@@ -25,13 +27,15 @@ import psycopg2
 from psycopg2 import extensions as _ext
 
 from . import stats as S
-from ._masking import mask_dsn, mask_text, scrubbed, secrets_in
+from ._connect_options import split_options
+from ._masking import mask_text, scrubbed, secrets_in
 from ._watchdog import readable_fds, run_bounded, socket_alive
 from .engine import (
     FOREVER,
     AbstractConnectionPool,
     Connection,
     Waiter,
+    held_only_by,
     status_name,
     unreferenced_keys,
 )
@@ -40,14 +44,14 @@ from .errors import (
     NotFromThisPool,
     PoolClosed,
     PoolError,
-    PoolExhausted,
     PoolTimeout,
     TooManyRequests,
 )
-from .workers import Backoff, Workers
-from .wrapper import RETURNED, PooledConnection, end_block
+from .pool12 import ThreadSafeConnectionPool, spelled_v12
+from .workers import Backoff, Retry, WeakCall, Workers
+from .wrapper import RETURNED, PooledConnection, end_block, lend
 
-__all__ = ["ConnectionPool", "ThreadSafeConnectionPool"]
+__all__ = ["ConnectionPool"]
 
 logger = logging.getLogger("psycopg2_pool")
 
@@ -57,35 +61,101 @@ KwargsParam = Union[dict[str, Any], Callable[[], dict[str, Any]]]
 _P = TypeVar("_P", bound="ConnectionPool")
 
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
+_UNKNOWN = _ext.TRANSACTION_STATUS_UNKNOWN
 _QUEUED = S.REQUESTS_QUEUED
 _READY = _ext.STATUS_READY
-# Keywords that only psycopg2-pool 1.2 code passes.
-_V12_KEYWORDS = frozenset(("minconn", "maxconn", "idle_timeout"))
 _names = itertools.count(1)
-
-
-def _spelled_v12(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """Whether a ``ConnectionPool(...)`` call is psycopg2-pool 1.2 code.
-
-    1.2's own keywords say so; so does a call made only of connect() keywords
-    (``ConnectionPool(dsn=...)``, ``ConnectionPool(host=..., dbname=...)``),
-    which psycopg_pool would reject: its connection settings go in
-    ``conninfo`` and ``kwargs``.
-    """
-    if _V12_KEYWORDS.intersection(kwargs):
-        return True
-    return not args and bool(kwargs) and not _FACADE_KEYWORDS.intersection(kwargs)
 
 
 class _Life:
     """What the pool remembers about one of its connections."""
 
-    __slots__ = ("expires", "idle_since", "verified")
+    __slots__ = ("expires", "given_back_raw", "idle_since", "off_role", "server", "verified")
 
     def __init__(self, expires: float, now: float) -> None:
         self.expires = expires
         self.idle_since = now
         self.verified = now  # last known to work: made, or probed, then
+        # putconn() took it back by the real connection once: never again.
+        self.given_back_raw = False
+        #: For a connection made with a target_session_attrs: tells, from the
+        #: parameters the server reports, that it no longer has the role asked.
+        self.off_role: Callable[[Connection], bool] | None = None
+        self.server: tuple[str, int] | None = None  # (host, port) it is on
+
+
+# The roles libpq picks a server by (target_session_attrs), told again from
+# what PostgreSQL 14+ reports to the client when it changes: in_hot_standby and
+# default_transaction_read_only. A C call each, no round trip. An older server
+# reports neither (None): nothing is concluded then.
+def _writable_no_more(conn: Connection) -> bool:
+    status = conn.get_parameter_status
+    return status("default_transaction_read_only") == "on" or status("in_hot_standby") == "on"
+
+
+def _primary_no_more(conn: Connection) -> bool:
+    return conn.get_parameter_status("in_hot_standby") == "on"
+
+
+def _standby_no_more(conn: Connection) -> bool:
+    return conn.get_parameter_status("in_hot_standby") == "off"
+
+
+def _read_only_no_more(conn: Connection) -> bool:
+    status = conn.get_parameter_status
+    return status("default_transaction_read_only") == "off" and status("in_hot_standby") == "off"
+
+
+_ROLE_TESTS: dict[str, Callable[[Connection], bool]] = {
+    "read-write": _writable_no_more,
+    "primary": _primary_no_more,
+    "standby": _standby_no_more,
+    "read-only": _read_only_no_more,
+}
+
+#: Reconnection delays of a pool whose connections have a role to keep: the
+#: first and the longest (seconds).
+_ROLE_RETRY = (0.1, 0.4)
+
+#: SQLSTATE read_only_sql_transaction: a write reached a read-only server.
+READ_ONLY_SQL_TRANSACTION = "25006"
+
+
+def _role_test(conn: Connection) -> Callable[[Connection], bool] | None:
+    """What tells that ``conn`` left the role its target_session_attrs asked for.
+
+    ``prefer-standby`` settles for a primary when no standby answers: only a
+    connection made to a standby is watched (for a promotion).
+    """
+    try:
+        wanted = conn.get_dsn_parameters().get("target_session_attrs") or "any"
+    except psycopg2.Error:  # pragma: no cover - a connection just made
+        return None
+    if wanted == "prefer-standby":
+        wanted = "standby" if conn.get_parameter_status("in_hot_standby") == "on" else "any"
+    return _ROLE_TESTS.get(wanted)
+
+
+def _asks_for_a_role(conninfo: Any, kwargs: Any, connect_kwargs: dict[str, Any]) -> bool:
+    """Whether connections made from these arguments may have a role to keep.
+
+    Decided once, when the pool is made; a callable conninfo or kwargs may ask
+    for one at any connect, so it counts as asking.
+    """
+    if callable(conninfo) or callable(kwargs):
+        return True
+    arguments = {**connect_kwargs, **(kwargs or {})}
+    if "target_session_attrs" in arguments:
+        return arguments["target_session_attrs"] not in (None, "", "any")
+    if os.environ.get("PGTARGETSESSIONATTRS", "any") not in ("", "any"):
+        return True
+    try:
+        params = _ext.parse_dsn(conninfo or "")
+    except psycopg2.ProgrammingError:
+        return False  # connect() reports the bad conninfo itself
+    if "service" in params or "PGSERVICE" in os.environ:
+        return True  # a service file may ask for one
+    return bool(params.get("target_session_attrs", "any") != "any")
 
 
 def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
@@ -96,6 +166,21 @@ def _ensure_idle(conn: Connection, role: str, function: Any) -> None:
             f"connection left in status {status_name(status)}"
             f" by {role} function {function!r}: discarded"
         )
+
+
+def _bounds_connects(arguments: dict[str, Any]) -> bool:
+    """Whether the user set how long a connect() with ``arguments`` may take.
+
+    In the keywords, the conninfo or the environment; a service file may set
+    it too, so a named service counts as set.
+    """
+    if "connect_timeout" in arguments or os.environ.keys() & {"PGCONNECT_TIMEOUT", "PGSERVICE"}:
+        return True
+    try:
+        params = _ext.parse_dsn(arguments.get("dsn") or "")
+    except psycopg2.ProgrammingError:
+        return True  # connect() reports the bad conninfo itself
+    return "connect_timeout" in params or "service" in params
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -140,6 +225,12 @@ class _ConnectionContext:
             conn = pool._used.get(self.handle)
             if conn is None:
                 return  # given back inside the block already
+            if (
+                exc_type is not None
+                and pool._roles
+                and getattr(exc, "pgcode", None) == READ_ONLY_SQL_TRANSACTION
+            ):
+                pool._read_only_error(conn)
             end_block(pool, self.handle, conn, exc_type is None)
         finally:
             # Approximate under concurrency, as in psycopg_pool: no lock for a duration sum.
@@ -164,14 +255,21 @@ class ConnectionPool(AbstractConnectionPool):
 
     _keep_all = True
     _fresh_keys = True
+    #: Idle connections. Clients take the last one, as from the engine's list,
+    #: but returned ones go in at the front: the last is the one idle longest,
+    #: so every connection is used in turn and kept warm, as in psycopg_pool.
+    _pool: deque[Connection]
+    #: Hand out the most recently returned connection first instead (LIFO).
+    _newest_first = False
     #: A client that finds the pool at ``max_size`` with others already in
     #: line just joins the line (growth and the dropped-handle scan were
     #: decided by the first).
     _queue_when_full = True
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls is ConnectionPool and _spelled_v12(args, kwargs):
-            cls = ThreadSafeConnectionPool
+        if cls is ConnectionPool and spelled_v12(args, kwargs, _FACADE_KEYWORDS):
+            # Built whole here: not being a ConnectionPool, it gets no __init__ call.
+            return ThreadSafeConnectionPool(*args, **kwargs)
         return super().__new__(cls)
 
     def __init__(
@@ -200,6 +298,12 @@ class ConnectionPool(AbstractConnectionPool):
     ) -> None:
         min_size, max_size = self._check_size(min_size, max_size)
         self._setup(min_size, max_size, (), {})
+        self._pool = deque()
+        # Keep a connection idle: bound once, this is the hot path. The deque
+        # is never replaced, only emptied and refilled.
+        self._keep_idle = self._pool.append if self._newest_first else self._pool.appendleft
+        # The fewest idle connections since the last shrink (see _shrink).
+        self._idle_low = min_size
         self.closed = True
         self._opened = False
         self._open_implicit = False
@@ -207,6 +311,9 @@ class ConnectionPool(AbstractConnectionPool):
         self.conninfo = conninfo
         self.kwargs = kwargs
         self._connect_kwargs = connect_kwargs
+        if not callable(kwargs):
+            # psycopg 3 options psycopg2 cannot honour fail here, not in a worker.
+            split_options({**connect_kwargs, **(kwargs or {})})
         self.connection_class = connection_class
         self._configure = configure
         self._check = check
@@ -241,7 +348,6 @@ class ConnectionPool(AbstractConnectionPool):
         self._lives: dict[int, _Life] = {}
         self._growing = False
         self._connect_time = 0.0  # seconds a connection takes to open, on average
-        self._oversize = False
         self._filled = threading.Condition(self._mutex)
         self._workers: Workers | None = None
         self._secrets = self._find_secrets()
@@ -251,6 +357,9 @@ class ConnectionPool(AbstractConnectionPool):
         # Nothing to do on checkout beyond handing the connection over.
         # Connections last verified before this may be dead: the pool saw one die.
         self._suspect_before = 0.0
+        # Connections may have a role to keep (target_session_attrs): tested
+        # at checkout and return. Decided once: other pools pay nothing for it.
+        self._roles = _asks_for_a_role(conninfo, kwargs, connect_kwargs)
         self._update_plain_checkout()
         if open:
             self._open()
@@ -319,17 +428,13 @@ class ConnectionPool(AbstractConnectionPool):
         """The threads (or, for the async pools, loop tasks) that keep the pool."""
         return Workers(self.name, self.num_workers)
 
-    def _new_waiter(self, key: Hashable) -> Waiter:
-        """A client's place in the queue (the async pools' can be awaited)."""
-        return Waiter(key)
-
     def _start_filling(self) -> None:
         """Under the lock, on open: ask the workers for ``min_size`` connections."""
         assert self._workers is not None
         for _ in range(self.minconn):
-            self._pending += 1
-            self._workers.submit(self._add_connection)
+            self._spawn(1, self._add_connection)
         self._workers.schedule(self._sweep_interval(), self._sweep)
+        self._workers.schedule(self.max_idle, self._shrink)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until the pool holds ``min_size`` connections.
@@ -363,9 +468,12 @@ class ConnectionPool(AbstractConnectionPool):
             if self.closed:
                 return
             self.closed = True
-            waiters = list(self._waiters)
+            # Failed under the lock: a client whose timeout runs out from now
+            # on finds its answer there, and does not look for itself in line.
+            for waiter in self._waiters:
+                waiter.fail(PoolClosed(f"the pool {self.name!r} is closed"))
             self._waiters.clear()
-            idle = self._pool[:]
+            idle = list(self._pool)
             self._pool.clear()
             workers, self._workers = self._workers, None
             self._filled.notify_all()
@@ -373,8 +481,6 @@ class ConnectionPool(AbstractConnectionPool):
             workers.stop(timeout)
         for conn in idle:
             self._drop(conn)
-        for waiter in waiters:
-            waiter.fail(PoolClosed(f"the pool {self.name!r} is closed"))
         logger.info("pool %r closed", self.name)
 
     def __enter__(self: _P) -> _P:
@@ -392,9 +498,12 @@ class ConnectionPool(AbstractConnectionPool):
         self.close()
 
     def __del__(self) -> None:
+        # Dropped without close(): the workers hold the pool weakly (see
+        # WeakCall), so it gets here. Its idle connections close as they are
+        # freed with it; its threads are told to end, and nothing waits here.
         workers = getattr(self, "_workers", None)
         if workers is not None and not getattr(self, "closed", True):
-            workers.stop(0.0)
+            workers.signal_stop()
 
     def _refuse(self) -> NoReturn:
         self._requests += 1  # psycopg_pool counts refused requests too
@@ -428,82 +537,115 @@ class ConnectionPool(AbstractConnectionPool):
             timeout = self.timeout
         handle: PooledConnection | None = None
         waiter: Waiter | None = None
-        # The engine's two common paths, inlined: a call less on each checkout
-        # is measurable. Whatever else can happen (the pool is closed, growing,
-        # limited in waiters...) goes the engine's way further down. Looking
-        # before the lock is only a hint: it is checked again under the lock.
-        if self._pool:
-            mutex = self._mutex
-            mutex.acquire()
-            try:
-                if self._pool and not self.closed:
-                    # An idle connection: the handle can wrap it as it is made,
-                    # which costs wrapt a third less than setting __wrapped__ after.
-                    conn = self._pool.pop()
-                    if self._wrap_at_birth:
-                        handle = self._handle_class(conn)
-                    else:
-                        handle = self._new_handle(self._handle_class)
-                        handle.__wrapped__ = conn
-                    self._used[handle] = conn
-                    self._rused[id(conn)] = handle
-                    self._requests += 1
-            finally:
-                mutex.release()
-        elif self._waiters and self._queue_when_full:
-            mutex = self._mutex
-            mutex.acquire()
-            try:
-                if (
-                    self._waiters
-                    and not self._pool
-                    and not self.closed
-                    and len(self._used) + self._pending >= self.maxconn
-                    and timeout > 0
-                    and not self.max_waiting
-                ):
-                    # Full and others in line already: whoever came first
-                    # decided on growth and dropped handles; just queue.
-                    self._requests += 1
-                    waiter = Waiter(self._new_handle(self._handle_class))
-                    self._waiters.append(waiter)
-                    self._stats[_QUEUED] += 1
-            finally:
-                mutex.release()
-        if waiter is not None:
-            # The engine's _wait, inlined for the same reason.
-            try:
+        called = 0.0  # when a client that waits called: its deadline runs from there
+        # Interrupted anywhere (Ctrl-C lands after any call), the checkout gives
+        # back what it got: "with" takes the lock with no gap before its block,
+        # and whatever it took is in ``handle`` or ``waiter`` (or, taken by the
+        # engine for a handle still empty, found by the dropped-handle scan).
+        try:
+            # The engine's two common paths, inlined: a call less on each checkout
+            # is measurable. Whatever else can happen (the pool is closed, growing,
+            # limited in waiters...) goes the engine's way further down. Looking
+            # before the lock is only a hint: it is checked again under the lock.
+            if self._pool:
+                mutex = self._mutex
+                try:  # the lock as in the engine's _getconn
+                    mutex.acquire()
+                    if self._pool and not self.closed:
+                        # An idle connection: the handle can wrap it as it is made,
+                        # which costs wrapt a third less than setting __wrapped__ after.
+                        idle = self._pool
+                        conn = idle.pop()
+                        if len(idle) < self._idle_low:
+                            self._idle_low = len(idle)  # see _shrink
+                        cid = id(conn)
+                        if self._wrap_at_birth:
+                            handle = self._handle_class(conn)
+                        else:
+                            handle = self._new_handle(self._handle_class)
+                            handle.__wrapped__ = conn
+                        self._used[handle] = conn
+                        self._rused[cid] = handle
+                        self._requests += 1
+                finally:
+                    try:  # noqa: SIM105 - suppress() would be a call with the lock held
+                        mutex.release()
+                    except RuntimeError:
+                        pass
+            elif self._waiters and self._queue_when_full:
+                mutex = self._mutex
+                try:
+                    mutex.acquire()
+                    if (
+                        self._waiters
+                        and not self._pool
+                        and not self.closed
+                        and len(self._used) + self._pending >= self.maxconn
+                        and timeout > 0
+                        and not self.max_waiting
+                    ):
+                        # Full and others in line already: whoever came first
+                        # decided on growth and dropped handles; just queue.
+                        self._requests += 1
+                        waiter = Waiter(self._new_handle(self._handle_class))
+                        self._waiters.append(waiter)
+                        self._stats[_QUEUED] += 1
+                finally:
+                    try:  # noqa: SIM105 - suppress() would be a call with the lock held
+                        mutex.release()
+                    except RuntimeError:
+                        pass
+            if waiter is not None:
+                called = waiter.since
+                # The engine's _wait, inlined for the same reason.
                 served = waiter._signal.acquire(True, timeout if timeout < FOREVER else -1)
-            except BaseException:
-                self._abandon(waiter)
-                raise
-            conn = waiter.conn  # type: ignore[assignment]
-            if not served or conn is None:
-                conn = self._outcome(waiter, served, timeout)
-        elif handle is None:
-            conn = self._getconn(None, timeout)
-        if handle is None:
-            # Served by whoever gave a connection back: the key it was given to
-            # is this client's (still empty) handle.
-            waited: PooledConnection = (
-                waiter.key if waiter is not None else self._rused[id(conn)]  # type: ignore[assignment]
-            )
-            waited.__wrapped__ = conn
-            handle = waited
-        if self._plain_checkout:
-            return handle
-        return self._prepare(conn, handle, timeout)
+                conn = waiter.conn  # type: ignore[assignment]
+                if not served or conn is None:
+                    conn = self._outcome(waiter, served, timeout)
+            elif handle is None:
+                called = monotonic()
+                conn = self._getconn(None, timeout)
+            if handle is None:
+                # Served by whoever gave a connection back: the key it was given to
+                # is this client's (still empty) handle.
+                waited: PooledConnection = (
+                    waiter.key if waiter is not None else self._rused[id(conn)]  # type: ignore[assignment]
+                )
+                waited.__wrapped__ = conn
+                handle = waited
+            if self._plain_checkout and conn.get_transaction_status() == _IDLE:
+                return handle
+            return self._prepare(conn, handle, timeout, called)
+        except BaseException:
+            self._checkout_failed(handle, waiter)
+            raise
+
+    def _checkout_failed(self, handle: PooledConnection | None, waiter: Waiter | None) -> None:
+        """A checkout raised (or was interrupted) before the client got its
+        handle: give back what it had got, if anything."""
+        if waiter is not None:
+            self._abandon(waiter)
+        elif handle is not None and handle in self._used:
+            with suppress(PoolError):
+                self.putconn(handle)
 
     def _prepare(
-        self, conn: Connection, handle: PooledConnection, timeout: float
+        self, conn: Connection, handle: PooledConnection, timeout: float, called: float
     ) -> PooledConnection:
-        """The checkout steps only some pools need: warning, check, leak tracking."""
+        """The checkout steps only some pools need: warning, check, leak tracking.
+
+        They run in what is left of the client's ``timeout`` since it ``called``
+        (0.0 if it was served without waiting).
+        """
         if self._open_implicit:
             self._warn_implicit_open()
-        deadline = monotonic() + timeout
+        deadline = (called or monotonic()) + timeout
         first = conn
+        conn = self._cleaned(conn, deadline, timeout)
         if self._suspect_before:
             conn = self._trusted(conn, deadline, timeout)
+        if self._roles:
+            conn = self._in_role(conn, deadline, timeout)
         if self._check is not None:
             conn = self._checked(conn, deadline, timeout)
         if conn is not first:
@@ -514,10 +656,34 @@ class ConnectionPool(AbstractConnectionPool):
             self._checkouts[id(handle)] = (monotonic(), traceback.format_stack()[:-2])
         return handle
 
+    def _cleaned(self, conn: Connection, deadline: float, timeout: float) -> Connection:
+        """Never hand out a connection inside a transaction, whatever put it there.
+
+        Returned connections are rolled back, so one found in a transaction was
+        used while idle, through a reference kept after its return: roll it
+        back, or replace it if that fails.
+        """
+        while conn.get_transaction_status() != _IDLE or conn.status != _READY:
+            logger.warning(
+                "connection of %r found in status %s at checkout: rolled back",
+                self.name,
+                status_name(conn.get_transaction_status()),
+            )
+            try:
+                conn.rollback()
+            except psycopg2.Error:
+                self._discard_checked_out(conn, lost=True)
+                conn = self._next_candidate(deadline, timeout)
+        return conn
+
     def _getkey(self) -> Hashable:
-        # Called under the lock for every request: the place to count them.
+        # Called under the lock for every request: the place to count them, and
+        # to note how few idle connections are left once it takes one.
         # The key is the (still empty) handle the client will get.
         self._requests += 1
+        idle_left = max(len(self._pool) - 1, 0)
+        if idle_left < self._idle_low:
+            self._idle_low = idle_left
         return self._new_handle(self._handle_class)
 
     def _update_plain_checkout(self) -> None:
@@ -527,6 +693,7 @@ class ConnectionPool(AbstractConnectionPool):
             or self._check
             or self.leak_timeout is not None
             or self._suspect_before
+            or self._roles
         )
 
     def _warn_implicit_open(self) -> None:
@@ -541,31 +708,36 @@ class ConnectionPool(AbstractConnectionPool):
             stacklevel=3,
         )
 
-    def _when_empty(self, key: Hashable) -> Waiter | None:
+    def _when_empty(self, request: Waiter) -> None:
         first = not self._waiters
-        waiter = self._enqueue(key)
-        if first and self._size() >= self.maxconn and self._workers is not None:
-            # Full: before anyone waits for the sweep, take back what was
-            # dropped. Only for the first in line: the scan costs a pass over
-            # every checkout, too much to pay on each request of a pool that
-            # is busy for long; the sweep looks again within a second.
-            dropped = self._take_dropped_handles()
-            if dropped:
-                self._workers.submit(partial(self._settle_dropped, dropped))
+        self._enqueue(request)
+        if first and self._size() >= self.maxconn:
+            self._reclaim_dropped()
         self._grow()
-        return waiter
 
-    def _enqueue(self, key: Hashable) -> Waiter:
+    def _reclaim_dropped(self) -> None:
+        """Under the lock, as the first client starts waiting on a full pool:
+        take back the connections whose handle was dropped.
+
+        Only for the first in line: the scan costs a pass over every checkout,
+        too much to pay on each request of a pool that is busy for long; the
+        sweep (where there is one) looks again within a second.
+        """
+        if self._workers is None:
+            return
+        dropped = self._take_dropped_handles()
+        if dropped:
+            self._spawn(len(dropped), self._settle_dropped, dropped)
+
+    def _enqueue(self, request: Waiter) -> None:
         """Under the lock: put a client in line, unless ``max_waiting`` are there already."""
         if self.max_waiting and len(self._waiters) >= self.max_waiting:
             self._stats[S.REQUESTS_ERRORS] += 1
             raise TooManyRequests(
                 f"the pool {self.name!r} has already {len(self._waiters)} requests waiting"
             )
-        waiter = self._new_waiter(key)
-        self._waiters.append(waiter)
+        self._waiters.append(request)
         self._stats[S.REQUESTS_QUEUED] += 1
-        return waiter
 
     def _note_wait(self, waiter: Waiter, seconds: float) -> None:
         self._wait_seconds += seconds
@@ -576,22 +748,41 @@ class ConnectionPool(AbstractConnectionPool):
 
     def _grow(self) -> None:
         """Under the lock: open one more connection if allowed and not already doing so."""
-        if self._growing or self._size() >= self.maxconn or self._workers is None:
+        size = self._size()
+        if self._growing or size >= self.maxconn or self._workers is None:
             return
-        self._growing = True
-        if self._size() < self.minconn or not self._connect_time:
+        # The flag goes up last: a second growth is harmless, a flag that
+        # stays up with nothing to bring it down (an interrupt) stops growth.
+        if size < self.minconn or not self._connect_time:
             self._start_growing()
         else:
             # A spike of short requests is served by the connections coming
             # back before a new one could arrive: look again after about one
             # connect time, and open one only if clients are still waiting.
             self._workers.schedule(self._connect_time, self._grow_if_still_needed)
+        self._growing = True
+
+    def _grow_to_min_size(self) -> None:
+        """Under the lock: if below ``min_size``, grow back to it (one at a time)."""
+        if self._size() < self.minconn:
+            self._grow()
 
     def _start_growing(self) -> None:
-        assert self._workers is not None
-        self._pending += 1
+        self._spawn(1, self._add_connection, None, True)
         logger.info("growing pool %r to %s", self.name, self._size())
-        self._workers.submit(lambda: self._add_connection(growing=True))
+
+    def _spawn(self, count: int, method: Callable[..., object], *args: Any) -> None:
+        """Under the lock: run ``method(*args)`` on a worker, which takes back the
+        ``count`` connections counted in ``_pending`` for it here.
+
+        Both or neither, whatever interrupts the caller: an interrupt lands
+        only after a call, and the one call after the count posts the task.
+        """
+        workers = self._workers
+        assert workers is not None
+        task = WeakCall(method, args)
+        self._pending += count
+        workers.post(task)
 
     def _grow_if_still_needed(self) -> None:
         with self._mutex:
@@ -601,30 +792,140 @@ class ConnectionPool(AbstractConnectionPool):
                 self._growing = False
 
     def _checked(self, conn: Connection, deadline: float, timeout: float) -> Connection:
-        """Run the ``check`` callback; replace connections that fail it.
+        """Run the ``check`` callback; try another connection while it fails.
 
         Each check is bounded by what is left of the client's timeout: a server
-        that stops answering makes the check fail, not hang.
+        that stops answering makes the check fail, not hang. A connection that
+        fails goes back to the pool (see :meth:`_failed_check`); the client
+        tries the next one at once, then backs off (1 s, 2 s, 4 s... until its
+        deadline), as psycopg_pool does, so that a check that keeps failing
+        never turns into a loop of checkouts, or of new connections.
         """
         check = self._check
         assert check is not None
+        retry = Retry(deadline)
         while True:
+            left = deadline - monotonic()
+            if left <= 0:
+                # No time left to check it: the connection goes back unused.
+                self._failed_check(conn, timed_out=False)
+                with self._mutex:
+                    raise self._timeout_error(None, timeout)
             try:
-                self._bounded(partial(check, conn), conn, deadline - monotonic())
+                self._bounded(partial(lend, check, conn), conn, left)
                 _ensure_idle(conn, "check", check)
             except Exception as exc:
                 logger.info("connection failed check: %s", self._masked(exc))
-                self._discard_checked_out(conn, lost=True)
+                self._failed_check(conn, timed_out=isinstance(exc, TimeoutError))
+            except BaseException:
+                # Interrupted (KeyboardInterrupt...): keep the connection, stop trying.
+                self._failed_check(conn, timed_out=False)
+                raise
             else:
                 return conn
-            conn = self._next_candidate(deadline, timeout)
+            delay = retry.next_delay()
+            if delay is None:
+                with self._mutex:
+                    raise self._timeout_error(None, timeout)
+            if delay:
+                with self._filled:  # woken early if the pool closes
+                    self._filled.wait_for(lambda: self.closed, delay)
+            conn = self._cleaned(self._next_candidate(deadline, timeout), deadline, timeout)
+            if self._suspect_before:
+                conn = self._trusted(conn, deadline, timeout)
+            if self._roles:
+                conn = self._in_role(conn, deadline, timeout)
+
+    def _failed_check(self, conn: Connection, timed_out: bool) -> None:
+        """Take back a connection that failed the check at checkout.
+
+        Broken (or timed out: the watchdog broke it), it is discarded and
+        replaced, and counted lost. Otherwise it is restored (rolled back,
+        ``reset``) and kept, but handed out last: the check may have failed
+        for this connection alone.
+        """
+        if self._discarded_at_check(conn, timed_out):
+            return
+        # Counted while it is restored; the finally clause takes the count
+        # back whatever interrupts the client (see engine._putconn).
+        restoring = healthy = kept = False
+        try:
+            with self._mutex:
+                self._forget_connection(conn)
+                self._pending += 1
+                restoring = True
+            healthy = self._restore(conn)
+        finally:
+            if restoring:
+                with self._mutex:
+                    self._pending -= 1
+                    kept = self._keep_failed(conn, healthy)
+        if not kept:
+            self._drop(conn)
+            self._replace()
+
+    def _discarded_at_check(self, conn: Connection, timed_out: bool) -> bool:
+        """Discard (and replace) a connection that failed the check broken."""
+        if timed_out or conn.closed or conn.get_transaction_status() == _UNKNOWN:
+            self._discard_checked_out(conn, lost=True)
+            return True
+        return False
+
+    def _forget_connection(self, conn: Connection) -> None:
+        """Under the lock: stop tracking ``conn``, whichever key holds it."""
+        key = self._rused.get(id(conn))
+        if key is not None:
+            self._forget(key)
+
+    def _set_aside(self, conn: Connection, timed_out: bool) -> bool:
+        """For the async pool's check: :meth:`_failed_check` up to the restore.
+
+        Discard ``conn`` if it is broken and return False; otherwise count it
+        as pending, to be restored and given to :meth:`_file_failed`.
+        """
+        if self._discarded_at_check(conn, timed_out):
+            return False
+        with self._mutex:
+            self._forget_connection(conn)
+            self._pending += 1
+        return True
+
+    def _file_failed(self, conn: Connection, healthy: bool) -> None:
+        """After :meth:`_set_aside` and a restore: keep ``conn`` if it can serve again."""
+        with self._mutex:
+            self._pending -= 1
+            kept = self._keep_failed(conn, healthy)
+        if not kept:
+            self._drop(conn)
+            self._replace()
+
+    def _keep_failed(self, conn: Connection, healthy: bool) -> bool:
+        """Under the lock, after a restore: keep a connection that failed the
+        check if it can serve again, handed out last."""
+        life = self._lives.get(id(conn))
+        kept = (
+            healthy
+            and not self.closed
+            and life is not None
+            and life.expires > monotonic()
+            and bool(self._waiters or self._keep_all or len(self._pool) < self.minconn)
+        )
+        if kept:
+            # To a waiting client, or among the idle ones at the end clients
+            # take from last (whichever end returns go to).
+            if self._waiters:
+                self._release(conn)
+            else:
+                self._pool.insert(0, conn)
+        return kept
 
     def _bounded(self, call: Callable[[], None], conn: Connection, seconds: float) -> None:
         workers = self._workers
         if workers is None:
             call()
         else:
-            run_bounded(call, conn, seconds, workers.schedule)
+            # An alarm, not a task: the workers may all be stuck connecting.
+            run_bounded(call, conn, seconds, workers.alarm)
 
     def _trusted(self, conn: Connection, deadline: float, timeout: float) -> Connection:
         """Probe ``conn`` if it is suspect; replace it while it turns out dead."""
@@ -638,19 +939,107 @@ class ConnectionPool(AbstractConnectionPool):
             self._discard_checked_out(conn, lost=True)
             conn = self._next_candidate(deadline, timeout)
 
+    def _in_role(self, conn: Connection, deadline: float, timeout: float) -> Connection:
+        """Never hand out a connection whose server left the role asked for.
+
+        It is closed and so are its siblings on the same server (see
+        :meth:`_retire_server`); the client gets the next one.
+        """
+        while True:
+            life = self._lives.get(id(conn))
+            if life is None or life.off_role is None or conn.closed or not life.off_role(conn):
+                return conn
+            self._retire_server(life.server, "at checkout")
+            self._discard_checked_out(conn, lost=False)
+            conn = self._cleaned(self._next_candidate(deadline, timeout), deadline, timeout)
+
+    def _retire_server(self, server: tuple[str, int] | None, seen: str) -> None:
+        """A connection to ``server`` no longer has the role its pool asked for:
+        neither do its siblings, though they have not heard yet.
+
+        PostgreSQL tells a connection of a role change only when it next
+        answers a query, so an idle sibling looks as it was: close the idle
+        ones now, and the ones in use when they come back. New connections go
+        where libpq finds the role asked for.
+        """
+        if server is None:
+            return
+        with self._mutex:
+            idle = []
+            for conn in self._pool:
+                life = self._lives.get(id(conn))
+                if life is not None and life.server == server:
+                    idle.append(conn)
+            for conn in idle:
+                self._pool.remove(conn)
+            in_use = 0
+            for conn in self._used.values():
+                life = self._lives.get(id(conn))
+                if life is not None and life.server == server and life.expires > 0.0:
+                    life.expires = 0.0  # closed when given back
+                    in_use += 1
+        if idle or in_use:
+            logger.warning(
+                "server %s:%s of %r changed role (seen %s): closing its %d idle connections,"
+                " and %d in use when they come back",
+                server[0],
+                server[1],
+                self.name,
+                seen,
+                len(idle),
+                in_use,
+            )
+        for conn in idle:
+            self._drop(conn)
+            self._replace()
+
+    def _read_only_error(self, conn: Connection) -> None:
+        """A write on ``conn`` failed with SQLSTATE 25006 (read-only transaction).
+
+        In a pool that wants a writable server, retire its server's connections
+        if the server turned read-only: it says so (PostgreSQL 14+), or cannot
+        say. A read-only transaction the client asked for itself changes nothing.
+        """
+        life = self._lives.get(id(conn))
+        if (
+            conn.closed
+            or life is None
+            or life.off_role not in (_writable_no_more, _primary_no_more)
+        ):
+            return
+        if life.off_role(conn) or conn.get_parameter_status("in_hot_standby") is None:
+            life.expires = 0.0
+            self._retire_server(life.server, "by a read-only error")
+
     def _next_candidate(self, deadline: float, timeout: float) -> Connection:
-        """After a connection was discarded at checkout: the next one, in the time left."""
+        """After a connection was turned down at checkout: the next one, in the time left.
+
+        Still the same request: it is not counted again, and a timeout names
+        the client's own ``timeout``.
+        """
         left = deadline - monotonic()
         if left <= 0:
             with self._mutex:
                 raise self._timeout_error(None, timeout)
-        return self._getconn(None, left)
+        try:
+            return self._getconn(self._retry_key(), left)
+        except PoolTimeout:  # counted already
+            raise PoolTimeout(
+                f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec"
+            ) from None
+
+    def _retry_key(self) -> PooledConnection:
+        """The key for another try within one request: :meth:`_getkey`, minus
+        counting the request again."""
+        with self._mutex:
+            idle_left = max(len(self._pool) - 1, 0)
+            if idle_left < self._idle_low:
+                self._idle_low = idle_left  # see _shrink
+        return self._new_handle(self._handle_class)
 
     def _discard_checked_out(self, conn: Connection, lost: bool) -> None:
         with self._mutex:
-            key = self._rused.get(id(conn))
-            if key is not None:
-                self._forget(key)
+            self._forget_connection(conn)
             if lost:
                 self._stats[S.CONNECTIONS_LOST] += 1
         self._drop(conn)
@@ -705,7 +1094,10 @@ class ConnectionPool(AbstractConnectionPool):
     # -- return -------------------------------------------------------------------
 
     def putconn(self, conn: Any) -> None:
-        """Give back a connection (the handle, or the real connection it wraps)."""
+        """Give back a connection: the handle, or the real connection it wraps.
+
+        A connection is taken back by its real object only once in its life.
+        """
         if type(conn) is self._handle_class:
             # _claim(), inlined for the common case: this is the hot path. The
             # pool's own map finds the connection for less than wrapt would.
@@ -721,18 +1113,25 @@ class ConnectionPool(AbstractConnectionPool):
             self._leaks_reported.discard(id(handle))
         life = self._lives.get(id(real))
         now = monotonic()
-        close = life is None or life.expires <= now or (self._oversize and self._over_max())
+        close = life is None or life.expires <= now
         if life is not None:
             life.idle_since = now
             if life.verified < self._suspect_before and not close:
                 close = not self._verify(real, life)
+            if life.off_role is not None and not close and not real.closed and life.off_role(real):
+                close = True
+                self._retire_server(life.server, "on return")
         if not close and not self._always_settle:
             # The engine's common case, inlined: a connection ready for reuse
             # goes to the longest waiting client, or back among the idle ones.
             # Anything else (closing, rolling back...) goes the engine's way.
+            # Plain stores from taking the handle's entry out to filing the
+            # connection: an interrupt (it lands only after a call) cannot
+            # leave it half done.
+            cid = id(real)
             mutex = self._mutex
-            mutex.acquire()
-            try:
+            try:  # the lock as in the engine's _getconn
+                mutex.acquire()
                 if (
                     (self._waiters or self._keep_all)
                     and not self.closed
@@ -740,22 +1139,28 @@ class ConnectionPool(AbstractConnectionPool):
                     and real.get_transaction_status() == _IDLE
                     and real.status == _READY
                 ):
-                    if self._used.pop(handle, None) is None:
+                    if handle not in self._used:
                         raise ConnectionReturned("this connection was already returned to the pool")
+                    del self._used[handle]
                     if self._waiters:
                         # The engine's _release, inlined.
-                        waiter = self._waiters.popleft()
+                        waiter = self._waiters[0]
+                        del self._waiters[0]
                         key = waiter.key
+                        waiter.conn = real
                         self._used[key] = real
-                        self._rused[id(real)] = key
+                        self._rused[cid] = key
+                        waiter.wake()
                         self._wait_seconds += now - waiter.since
-                        waiter.serve(real)
                     else:
-                        del self._rused[id(real)]
-                        self._pool.append(real)
+                        del self._rused[cid]
+                        self._keep_idle(real)
                     return
             finally:
-                mutex.release()
+                try:  # noqa: SIM105 - suppress() would be a call with the lock held
+                    mutex.release()
+                except RuntimeError:
+                    pass
         try:
             self._putconn(real, handle, close)
         except KeyError:
@@ -764,9 +1169,7 @@ class ConnectionPool(AbstractConnectionPool):
         except PoolClosed:
             # Closed meanwhile: the connection goes with the pool.
             with self._mutex:
-                key = self._rused.get(id(real))
-                if key is not None:
-                    self._forget(key)
+                self._forget_connection(real)
             self._drop(real)
 
     def _verify(self, conn: Connection, life: _Life) -> bool:
@@ -782,6 +1185,11 @@ class ConnectionPool(AbstractConnectionPool):
         """Check that ``conn`` (handle or real connection) is out of this pool.
 
         Kill its handle and return the real connection and the handle.
+
+        A real connection does not say which checkout it comes from: once it is
+        out again, a late second return of it would look just like its new
+        holder's. So it is taken back raw only once in its life; then only
+        through its handle.
         """
         if type(conn) is self._handle_class:
             real = self._used.get(conn)
@@ -794,10 +1202,20 @@ class ConnectionPool(AbstractConnectionPool):
             raise NotFromThisPool(
                 f"can't return connection to pool {self.name!r}: it comes from pool {owner.name!r}"
             )
-        handle = self._rused.get(id(conn))
-        if type(handle) is not self._handle_class:
-            raise self._unkeyed_error(conn)
-        handle.__wrapped__ = RETURNED
+        with self._mutex:
+            handle = self._rused.get(id(conn))
+            if type(handle) is not self._handle_class:
+                raise self._unkeyed_error(conn)
+            life = self._lives.get(id(conn))
+            if life is not None:
+                if life.given_back_raw:
+                    raise ConnectionReturned(
+                        "this connection was already returned to the pool by the real"
+                        " connection once: it is checked out again now, maybe by another"
+                        " client; give back the handle getconn() returned"
+                    )
+                life.given_back_raw = True
+            handle.__wrapped__ = RETURNED
         return conn, handle
 
     def _unkeyed_error(self, conn: Any) -> PoolError:
@@ -806,12 +1224,11 @@ class ConnectionPool(AbstractConnectionPool):
             " or was already returned"
         )
 
-    def _over_max(self) -> bool:
-        with self._mutex:
-            over = bool(self._size() > self.maxconn)
-            if not over:
-                self._oversize = False
-            return over
+    def _release(self, conn: Connection) -> None:
+        if self._waiters:
+            super()._release(conn)
+        else:
+            self._keep_idle(conn)
 
     def _restore(self, conn: Connection) -> bool:
         if conn.closed:
@@ -823,7 +1240,7 @@ class ConnectionPool(AbstractConnectionPool):
             return False
         if self._reset is not None:
             try:
-                self._reset(conn)
+                lend(self._reset, conn)
                 _ensure_idle(conn, "reset", self._reset)
             except Exception as exc:
                 logger.warning("error resetting connection: %s", self._masked(exc))
@@ -846,8 +1263,7 @@ class ConnectionPool(AbstractConnectionPool):
                 return
             size = self._size()
             if size < self.minconn or (self._waiters and size < self.maxconn):
-                self._pending += 1
-                self._workers.submit(self._add_connection)
+                self._spawn(1, self._add_connection)
 
     def _drop(self, conn: Connection) -> None:
         self._lives.pop(id(conn), None)
@@ -872,16 +1288,21 @@ class ConnectionPool(AbstractConnectionPool):
         arguments = self._connect_arguments(conninfo, kwargs, connect_timeout)
         started = self._connect_attempt()
         try:
+            libpq_arguments, options = split_options(arguments)
             conn: Connection = psycopg2.connect(
-                connection_factory=self.connection_class, **arguments
+                connection_factory=self.connection_class,
+                cursor_factory=options.cursor_factory,
+                **libpq_arguments,
             )
+            if options.autocommit:
+                conn.autocommit = True
         except Exception as exc:
             raise self._connect_error(exc, arguments) from None
         now = monotonic()
         self._connected(now - started)
         if self._configure is not None:
             try:
-                self._configure(conn)
+                lend(self._configure, conn)
                 _ensure_idle(conn, "configure", self._configure)
             except BaseException:
                 self._close_quietly(conn)
@@ -894,9 +1315,16 @@ class ConnectionPool(AbstractConnectionPool):
     ) -> dict[str, Any]:
         """The keywords of one connect() call, from the resolved conninfo and kwargs."""
         arguments = {**self._connect_kwargs, **(kwargs or {})}
-        if connect_timeout is not None:
-            arguments["connect_timeout"] = max(round(connect_timeout), 1)
         arguments.setdefault("dsn", conninfo or "")
+        if not _bounds_connects(arguments):
+            if connect_timeout is not None:
+                # A caller's own deadline: libpq counts whole seconds, never less than asked.
+                arguments["connect_timeout"] = max(math.ceil(connect_timeout), 1)
+            elif math.isfinite(self.reconnect_timeout):
+                # libpq would wait for ever on a network that went silent, holding
+                # a worker (or a client) all along. No attempt outlasts the time
+                # the pool gives reconnecting (libpq's minimum is 2 seconds).
+                arguments["connect_timeout"] = max(math.ceil(self.reconnect_timeout), 2)
         return arguments
 
     def _connect_attempt(self) -> float:
@@ -915,7 +1343,11 @@ class ConnectionPool(AbstractConnectionPool):
         # Up to 10% earlier than max_lifetime, so that connections made
         # together do not all expire together.
         expires = now + self.max_lifetime * (1.0 - 0.1 * random.random())
-        self._lives[id(conn)] = _Life(expires, now)
+        life = self._lives[id(conn)] = _Life(expires, now)
+        if self._roles:
+            life.off_role = _role_test(conn)
+            if life.off_role is not None:
+                life.server = (conn.info.host, conn.info.port)
         # wrapt's constructor reads the connection's __module__: cheap if its
         # class is a Python one, an exception each time for psycopg2's own.
         self._wrap_at_birth = any("__module__" in vars(k) for k in type(conn).__mro__)
@@ -946,9 +1378,7 @@ class ConnectionPool(AbstractConnectionPool):
                 if growing:
                     size = self._size()
                     if size < self.minconn or (self._waiters and size < self.maxconn):
-                        self._pending += 1
-                        assert self._workers is not None
-                        self._workers.submit(lambda: self._add_connection(growing=True))
+                        self._spawn(1, self._add_connection, None, True)
                     else:
                         self._growing = False
         if late:
@@ -958,7 +1388,13 @@ class ConnectionPool(AbstractConnectionPool):
 
     def _connect_failed(self, exc: Exception, attempt: Backoff | None, growing: bool) -> None:
         logger.warning("error connecting in %r: %s", self.name, self._masked(exc))
-        attempt = attempt or Backoff(self.reconnect_timeout)
+        if attempt is None:
+            if self._roles:
+                # A failover leaves no server of the role asked for until a
+                # standby is promoted, seconds later: look again often.
+                attempt = Backoff(self.reconnect_timeout, *_ROLE_RETRY)
+            else:
+                attempt = Backoff(self.reconnect_timeout)
         delay = attempt.next_delay(monotonic())
         with self._mutex:
             if self.closed or self._workers is None:
@@ -966,7 +1402,7 @@ class ConnectionPool(AbstractConnectionPool):
                 return
             if delay is not None:
                 workers = self._workers
-                workers.schedule(delay, lambda: self._add_connection(attempt, growing))
+                workers.schedule(delay, self._add_connection, attempt, growing)
                 return
             self._pending -= 1
             if growing:
@@ -990,7 +1426,7 @@ class ConnectionPool(AbstractConnectionPool):
         return min(max(period, 0.02), 1.0)
 
     def _sweep(self) -> None:
-        """Periodic task: close expired and surplus idle connections, find leaks."""
+        """Periodic task: close expired idle connections, find dead and leaked ones."""
         now = monotonic()
         closing = []
         with self._mutex:
@@ -998,21 +1434,21 @@ class ConnectionPool(AbstractConnectionPool):
                 return
             size = self._size()
             keep = []
-            # The idle list is oldest-returned first: the front idled longest.
+            # Left to right: in a pool that reuses the newest first, the
+            # connection that idled longest comes first (see _idled_out).
             for conn in self._pool:
                 life = self._lives.get(id(conn))
-                if (
-                    life is None
-                    or life.expires <= now
-                    or size > self.maxconn
-                    or (size > self.minconn and now - life.idle_since >= self.max_idle)
-                ):
+                if life is None or life.expires <= now or self._idled_out(life, now, size):
                     closing.append(conn)
                     size -= 1
                 else:
                     keep.append(conn)
-            self._pool[:] = keep
+            if closing:
+                # In place: _keep_idle is bound to this deque.
+                self._pool.clear()
+                self._pool.extend(keep)
             dropped = self._take_dropped_handles()
+            self._pending += len(dropped)  # until _settle has restored each
             if self._suspect_before and all(
                 life.verified >= self._suspect_before for life in self._lives.values()
             ):
@@ -1030,6 +1466,43 @@ class ConnectionPool(AbstractConnectionPool):
         if self.leak_timeout is not None:
             self._report_leaks(now)
 
+    def _idled_out(self, life: _Life, now: float, size: int) -> bool:
+        """Under the lock: close this idle connection for having idled too long?
+
+        Not here: connections used in turn are never idle for long, and
+        :meth:`_shrink` takes the surplus away one at a time instead.
+        """
+        return False
+
+    def _shrink(self) -> None:
+        """Periodic task, every ``max_idle``: close one connection if one was not needed.
+
+        If idle connections were left over at every moment of the last period
+        (the fewest seen stayed above zero) and the pool is above ``min_size``,
+        close the one idle longest. One per period, as psycopg_pool does, so a
+        pool shrinks gradually after a peak or a :meth:`resize` down.
+        """
+        surplus = None
+        with self._mutex:
+            if self.closed or self._workers is None:
+                return
+            fewest = self._idle_low
+            if fewest > 0 and self._pool and self._size() > self.minconn:
+                surplus = self._pool.pop()
+                size = self._size()
+            # A new period starts: getconn() lowers this as it takes connections.
+            self._idle_low = len(self._pool)
+            self._workers.schedule(self.max_idle, self._shrink)
+        if surplus is not None:
+            logger.info(
+                "pool %r: at least %s connections stayed idle for %s sec; closing one, %s left",
+                self.name,
+                fewest,
+                self.max_idle,
+                size,
+            )
+            self._drop(surplus)
+
     def _settle_dropped(self, conns: list[Connection]) -> None:
         for conn in conns:
             warnings.warn(
@@ -1041,20 +1514,31 @@ class ConnectionPool(AbstractConnectionPool):
             self._settle(conn, close=False)
 
     def _take_dropped_handles(self) -> list[Connection]:
-        """Under the lock: connections whose handle nothing references any more."""
-        conns = []
+        """Under the lock: connections whose handle nothing references any more.
+
+        They are no longer checked out; the caller counts them in ``_pending``
+        until :meth:`_settle_dropped` has restored them.
+        """
+        dropped = []
+        empty = []
         for handle in unreferenced_keys(self._used, on_key=True):
             try:
                 handle.__wrapped__  # type: ignore[attr-defined]  # noqa: B018
             except (AttributeError, ValueError):  # wrapt's word for "not set yet"
-                # Not handed over yet: getconn() is between the engine and the
-                # client, holding no reference of its own for a moment.
-                continue
+                empty.append(handle)
+            else:
+                dropped.append(handle)
+        # A handle not handed over yet is normal while getconn() is between the
+        # engine and the client (which then holds the connection); one whose
+        # connection nothing holds either belongs to a checkout interrupted
+        # there (Ctrl-C), and nobody will ever take it.
+        dropped += held_only_by(self._used, empty)
+        conns = []
+        for handle in dropped:
             conn = self._forget(handle)
             cast(PooledConnection, handle).__wrapped__ = RETURNED
             self._checkouts.pop(id(handle), None)
             if conn is not None:
-                self._pending += 1  # until _settle has restored it
                 conns.append(conn)
         return conns
 
@@ -1080,18 +1564,22 @@ class ConnectionPool(AbstractConnectionPool):
         self._leaks_reported.clear()
         self._filled = threading.Condition(self._mutex)
         self._growing = False
-        self._oversize = False
         if self._workers is not None:
             # The parent's threads do not exist here: start the child's own.
             self._workers = self._make_workers()
             self._start_filling()
 
     def check(self) -> None:
-        """Check the idle connections now; replace those that fail."""
+        """Check the idle connections now; replace those that fail.
+
+        A pool below ``min_size`` (its reconnection attempts gave up, say)
+        starts growing back to it.
+        """
         with self._mutex:
-            conns = self._pool[:]
+            conns = list(self._pool)
             self._pool.clear()
             self._pending += len(conns)
+            self._grow_to_min_size()
         now = monotonic()
         for conn in conns:
             life = self._lives.get(id(conn))
@@ -1131,7 +1619,7 @@ class ConnectionPool(AbstractConnectionPool):
     def drain(self) -> None:
         """Replace every connection: idle ones now, the others when given back."""
         with self._mutex:
-            idle = self._pool[:]
+            idle = list(self._pool)
             self._pool.clear()
             for life in self._lives.values():
                 life.expires = 0.0
@@ -1145,8 +1633,7 @@ class ConnectionPool(AbstractConnectionPool):
             for _ in idle:
                 if self._size() >= self.maxconn:
                     break
-                self._pending += 1
-                self._workers.submit(self._add_connection)
+                self._spawn(1, self._add_connection)
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change ``min_size`` and ``max_size`` while the pool runs."""
@@ -1155,12 +1642,9 @@ class ConnectionPool(AbstractConnectionPool):
         with self._mutex:
             self.minconn = min_size
             self.maxconn = max_size
-            self._oversize = self._size() > max_size
             grow = 0 if self.closed else max(0, min_size - self._size())
-            self._pending += grow
             for _ in range(grow):
-                assert self._workers is not None
-                self._workers.submit(self._add_connection)
+                self._spawn(1, self._add_connection)
 
     # -- statistics ---------------------------------------------------------------
 
@@ -1204,73 +1688,3 @@ _FACADE_KEYWORDS = frozenset(
         + ConnectionPool.__init__.__code__.co_kwonlyargcount
     ]
 )
-
-
-class ThreadSafeConnectionPool(ConnectionPool):
-    """psycopg2-pool 1.2's pool (``ConnectionPool(minconn=..., maxconn=...)`` too).
-
-    ``minconn`` connections are opened at once; a client that finds none idle
-    opens one itself, unless ``maxconn`` are out: then :meth:`getconn` raises
-    :class:`PoolError` ("connection pool exhausted") at once. Connections idle
-    for more than ``idle_timeout`` seconds are closed.
-    """
-
-    def __init__(
-        self,
-        minconn: int = 1,
-        maxconn: float = float("inf"),
-        idle_timeout: float = 600,
-        **connect_kwargs: Any,
-    ) -> None:
-        _check_int("minconn", minconn, 0)
-        if maxconn != float("inf"):
-            _check_int("maxconn", maxconn, 1)
-            if maxconn < minconn:
-                raise ValueError(f"maxconn must be at least minconn: {maxconn} < {minconn}")
-        idle_timeout = _check_seconds("idle_timeout", idle_timeout)
-        connect_kwargs.setdefault("dsn", "")
-        self.idle_timeout = idle_timeout
-        self.connect_kwargs = connect_kwargs
-        super().__init__(
-            kwargs=connect_kwargs,
-            min_size=max(minconn, 1),
-            open=False,
-            max_lifetime=float("inf"),
-            max_idle=idle_timeout or 1e-9,
-            num_workers=1,
-        )
-        self.minconn = minconn
-        self.maxconn = maxconn
-        self._open()
-        for _ in range(minconn):
-            self._connect()
-
-    def __repr__(self) -> str:
-        kwargs = {k: v for k, v in self.connect_kwargs.items() if k != "password"}
-        if "dsn" in kwargs:
-            kwargs["dsn"] = mask_dsn(kwargs["dsn"])
-        return (
-            f"<{type(self).__module__}.{type(self).__name__} {self.name!r}"
-            f" minconn={self.minconn} maxconn={self.maxconn} at 0x{id(self):x}>"
-        )
-
-    def _start_filling(self) -> None:
-        assert self._workers is not None
-        self._workers.schedule(self._sweep_interval(), self._sweep)
-
-    def _when_empty(self, key: Hashable) -> Waiter | None:
-        if len(self._used) + self._pending >= self.maxconn:
-            raise PoolExhausted("connection pool exhausted")
-        self._pending += 1
-        return None
-
-    def _replace(self) -> None:
-        pass  # like 1.2: connections are opened by the clients that need them
-
-    def clear(self) -> None:
-        """Close every idle connection, whatever ``minconn`` and ``idle_timeout`` say."""
-        with self._mutex:
-            idle = self._pool[:]
-            self._pool.clear()
-        for conn in idle:
-            self._drop(conn)

@@ -1,8 +1,11 @@
 """Small tools the test suite shares: unique application names, DSN editing,
-and looking at (or killing) a pool's server backends through pg_stat_activity."""
+looking at (or killing) a pool's server backends through pg_stat_activity, and
+a TCP server that never answers."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
 from typing import Callable, TypeVar
@@ -119,3 +122,44 @@ STATS_KEYS = {
     "connections_errors",
     "connections_lost",
 }
+
+
+class BlackHole:
+    """A TCP server that accepts connections and never says a word."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def open_clients(self) -> int:
+        """How many accepted connections the client side has not closed."""
+        count = 0
+        for conn in self.accepted:
+            conn.setblocking(False)
+            try:
+                data = conn.recv(1024)
+                while data:  # the startup packet, then EOF if closed
+                    data = conn.recv(1024)
+            except BlockingIOError:
+                count += 1
+            except OSError:
+                pass
+        return count
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()

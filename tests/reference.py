@@ -10,22 +10,19 @@ Nothing of psycopg2 is vendored: the 2.7.7 sdist is downloaded with pip into
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import psycopg2.pool
 import pytest
 
+from tests import pypi
+
 #: The psycopg2 pool module installed today: the reference for Simple and Threaded.
 current = psycopg2.pool
 
-OFFLINE_ENV = "PSYCOPG2_POOL_OFFLINE"
-CACHE_ENV = "PSYCOPG2_POOL_TEST_CACHE"
 VERSION = "2.7.7"
 MODULE_NAME = "psycopg2_277_pool"
 MEMBER = f"psycopg2-{VERSION}/lib/pool.py"
@@ -38,51 +35,6 @@ _PY3_IMPORT = "import _thread as _thread"
 
 class ReferenceUnavailable(RuntimeError):
     """psycopg2 2.7.7's pool.py could not be fetched or loaded."""
-
-
-def cache_dir() -> Path:
-    configured = os.environ.get(CACHE_ENV)
-    if configured:
-        return Path(configured)
-    return Path.home() / ".cache" / "psycopg2_pool_tests"
-
-
-def offline() -> bool:
-    return os.environ.get(OFFLINE_ENV) == "1"
-
-
-def _download_sdist(target: Path) -> None:
-    """Fetch the 2.7.7 sdist with pip into ``target`` (atomically)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "--timeout",
-            "20",
-            "--retries",
-            "1",
-            "--dest",
-            tmp,
-            f"psycopg2=={VERSION}",
-        ]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ReferenceUnavailable(f"{' '.join(command)} failed: {exc}") from exc
-        downloaded = Path(tmp) / target.name
-        if result.returncode != 0 or not downloaded.exists():
-            output = (result.stdout + result.stderr).strip().splitlines()[-15:]
-            raise ReferenceUnavailable(
-                f"{' '.join(command)} exited with {result.returncode}:\n" + "\n".join(output)
-            )
-        os.replace(downloaded, target)
 
 
 def _extract_source(sdist: Path) -> str:
@@ -100,12 +52,11 @@ def _extract_source(sdist: Path) -> str:
 
 
 def _load() -> ModuleType:
-    directory = cache_dir()
-    sdist = directory / f"psycopg2-{VERSION}.tar.gz"
-    if not sdist.exists():
-        if offline():
-            raise ReferenceUnavailable(f"{sdist} is not cached and {OFFLINE_ENV}=1")
-        _download_sdist(sdist)
+    directory = pypi.cache_dir()
+    try:
+        sdist = pypi.fetch(f"psycopg2=={VERSION}", f"psycopg2-{VERSION}.tar.gz", source=True)
+    except pypi.Unavailable as exc:
+        raise ReferenceUnavailable(str(exc)) from exc
     # Loaded from a real file, so tracebacks through the reference show its lines.
     path = directory / f"{MODULE_NAME}.py"
     source = _extract_source(sdist)
@@ -148,10 +99,10 @@ def psycopg2_277_pool() -> ModuleType:
     except ReferenceUnavailable as exc:
         problem = str(exc)
     # Outside the except block, so the report shows the reason once, without a chain.
-    if offline():
-        pytest.skip(f"psycopg2 {VERSION} reference unavailable and {OFFLINE_ENV}=1: {problem}")
+    if pypi.offline():
+        pytest.skip(f"psycopg2 {VERSION} reference unavailable and {pypi.OFFLINE_ENV}=1: {problem}")
     pytest.fail(
         f"psycopg2 {VERSION}'s lib/pool.py, the reference for PersistentConnectionPool, "
-        f"could not be loaded: {problem}\nSet {OFFLINE_ENV}=1 to skip these tests offline.",
+        f"could not be loaded: {problem}\nSet {pypi.OFFLINE_ENV}=1 to skip these tests offline.",
         pytrace=False,
     )

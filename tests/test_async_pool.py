@@ -6,10 +6,13 @@ No pytest-asyncio here: each test runs its coroutine with :func:`run`.
 from __future__ import annotations
 
 import asyncio
-import socket
+import gc
+import logging
 import threading
 import time
 import warnings
+import weakref
+from collections import Counter
 from collections.abc import Coroutine, Iterator
 from typing import Any, Callable, TypeVar
 
@@ -31,6 +34,7 @@ from psycopg2_pool import (
 from psycopg2_pool._embedded import free_port
 from tests.helpers import (
     STATS_KEYS,
+    BlackHole,
     app_name,
     backends,
     dsn_with,
@@ -146,6 +150,22 @@ def test_async_with_opens_and_closes(target):
                 cur = await conn.execute("select 1")
                 assert await cur.fetchone() == (1,)
         assert pool.closed
+
+    run(main())
+
+
+def test_dropped_open_pool_is_collected_and_its_connections_close(target):
+    async def main() -> weakref.ref[Any]:
+        pool = make(target, min_size=2)
+        await pool.open(wait=True, timeout=5)
+        async with pool.connection() as conn:
+            await conn.execute("select 1")
+        ref = weakref.ref(pool)
+        del pool, conn
+        gc.collect()
+        assert ref() is None
+        await eventually(lambda: not target.backends())
+        return ref
 
     run(main())
 
@@ -367,6 +387,39 @@ def test_autocommit(target):
     run(main())
 
 
+def test_autocommit_in_kwargs_gives_autocommit_connections(target):
+    async def main() -> None:
+        pool = make(target, min_size=1, kwargs={"autocommit": True})
+        async with pool, pool.connection() as conn:
+            assert conn.autocommit is True
+            await conn.execute("select 1")
+            assert conn.get_transaction_status() == IDLE  # no BEGIN sent
+
+    run(main())
+
+
+def test_autocommit_in_kwargs_of_null_pool_gives_autocommit_connections(target):
+    async def main() -> None:
+        pool = make(target, AsyncNullConnectionPool, autocommit=True)
+        async with pool, pool.connection() as conn:
+            assert conn.autocommit is True
+
+    run(main())
+
+
+def test_cursor_factory_in_kwargs_is_the_connections_default(target):
+    import psycopg2.extras
+
+    async def main() -> None:
+        factory = psycopg2.extras.RealDictCursor
+        pool = make(target, min_size=1, kwargs={"cursor_factory": factory})
+        async with pool, pool.connection() as conn:
+            cur = await conn.execute("select 1 as x")
+            assert await cur.fetchone() == {"x": 1}
+
+    run(main())
+
+
 def test_async_mode_limitations_raise_clearly(target):
     async def main() -> None:
         async with make(target, min_size=1) as pool, pool.connection() as conn:
@@ -390,6 +443,19 @@ def test_async_mode_limitations_raise_clearly(target):
 
 
 # -- waiting, limits, errors --------------------------------------------------------
+
+
+def test_idle_connections_are_used_in_turn(target):
+    async def main() -> None:
+        async with make(target, min_size=4) as pool:
+            await pool.wait()
+            uses: Counter[int] = Counter()
+            for _ in range(8):
+                async with pool.connection() as conn:
+                    uses[conn.get_backend_pid()] += 1
+            assert sorted(uses.values()) == [2, 2, 2, 2]
+
+    run(main())
 
 
 def test_waiters_are_served_fifo_and_timeout(target):
@@ -491,6 +557,35 @@ def test_connection_failure_is_retried_then_reconnect_failed_called():
     run(main())
 
 
+def test_closed_reads_true_once_given_back(target):
+    async def main() -> None:
+        async with make(target, min_size=1) as pool:
+            async with pool.connection() as conn:
+                assert conn.closed == 0
+            assert conn.closed == 1
+            async with pool.connection() as again:
+                assert again.__wrapped__.closed == 0
+
+    run(main())
+
+
+@pytest.mark.parametrize("close_returns", [False, True])
+def test_close_once_given_back_does_nothing(target, close_returns):
+    async def main() -> None:
+        async with make(target, min_size=1, close_returns=close_returns) as pool:
+            await pool.wait()
+            async with pool.connection() as conn:
+                pid = conn.get_backend_pid()
+            await conn.close()
+            assert pool.get_stats()["pool_available"] == 1
+            async with pool.connection() as again:
+                assert again.get_backend_pid() == pid
+                cur = await again.execute("select 1")
+                assert await cur.fetchone() == (1,)
+
+    run(main())
+
+
 # -- callbacks and maintenance ------------------------------------------------------
 
 
@@ -541,12 +636,13 @@ def test_configure_leaving_a_transaction_is_an_error(target):
     run(main())
 
 
-def test_failing_check_replaces_connection(target):
+def test_check_that_closes_the_connection_gets_it_replaced(target):
     async def main() -> None:
         bad = set()
 
         async def check(conn: Any) -> None:
             if conn.get_backend_pid() in bad:
+                await conn.close()  # a connection failing its check stays, unless closed
                 raise psycopg2.OperationalError("bad")
 
         async with make(target, min_size=1, max_size=1, check=check) as pool:
@@ -618,6 +714,28 @@ def test_check_drain_resize_and_stats(target):
             }
             assert stats["pool_size"] == 3
             assert pool.get_stats().get("connections_num", 0) == 0
+
+    run(main())
+
+
+def test_check_refills_a_pool_that_fell_below_min_size(target):
+    async def main() -> None:
+        gave_up: list[Any] = []
+        current = {"dsn": unreachable_dsn()}
+        pool = AsyncConnectionPool(
+            lambda: current["dsn"],
+            min_size=2,
+            open=False,
+            reconnect_timeout=0.2,
+            reconnect_failed=gave_up.append,
+        )
+        async with pool:
+            await eventually(lambda: len(gave_up) == 2, timeout=10)
+            assert pool.get_stats()["pool_size"] == 0
+            current["dsn"] = target.dsn
+            await pool.check()
+            await eventually(lambda: pool.get_stats()["pool_available"] == 2)
+            assert len(await in_thread(target.backends)) == 2
 
     run(main())
 
@@ -708,47 +826,6 @@ def test_cancel_after_being_served_gives_the_connection_back(target):
             await pool.putconn(conn)
 
     run(main())
-
-
-class BlackHole:
-    """A TCP server that accepts connections and never says a word."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-
-    def open_clients(self) -> int:
-        """How many accepted connections the client side has not closed."""
-        count = 0
-        for conn in self.accepted:
-            conn.setblocking(False)
-            try:
-                data = conn.recv(1024)
-                while data:  # the startup packet, then EOF if closed
-                    data = conn.recv(1024)
-            except BlockingIOError:
-                count += 1
-            except OSError:
-                pass
-        return count
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
 
 
 def test_cancel_while_connecting_null_pool():
@@ -1015,6 +1092,73 @@ def test_null_pool_keeps_nothing_and_caps_concurrency(target):
     run(main())
 
 
+@pytest.mark.parametrize("cause", ["expired", "broken", "reset-failed"])
+def test_null_pool_waiting_client_served_when_returned_connection_is_closed(target, cause):
+    async def reset(conn: Any) -> None:
+        raise RuntimeError("reset refuses every connection")
+
+    settings: dict[str, Any] = {
+        "expired": {"max_lifetime": 0.2},
+        "broken": {},
+        "reset-failed": {"reset": reset},
+    }[cause]
+
+    async def main() -> None:
+        async with make(target, AsyncNullConnectionPool, max_size=1, **settings) as pool:
+            conn = await pool.getconn()
+            waiting = asyncio.create_task(pool.getconn(timeout=5))
+            await eventually(lambda: pool.get_stats()["requests_waiting"] == 1)
+            if cause == "expired":
+                await asyncio.sleep(0.3)
+            elif cause == "broken":
+                await in_thread(terminate_backends, target.admin_dsn, target.name)
+                with pytest.raises(psycopg2.OperationalError):
+                    await conn.execute("select 1")
+            await pool.putconn(conn)
+            served = await waiting
+            cur = await served.execute("select 1")
+            assert await cur.fetchone() == (1,)
+            await pool.putconn(served)
+
+    run(main())
+
+
+def test_null_pool_own_connection_attempt_is_bounded_by_the_clients_timeout():
+    async def main() -> None:
+        hole = BlackHole()
+        try:
+            dsn = f"host=127.0.0.1 port={hole.port} user=u dbname=d"
+            async with AsyncNullConnectionPool(dsn, open=False) as pool:
+                started = time.monotonic()
+                with pytest.raises(PoolTimeout):
+                    async with pool.connection(timeout=1):
+                        pass
+                assert time.monotonic() - started < 1.5
+                stats = pool.get_stats()
+                assert stats["requests_errors"] == 1
+                assert stats["pool_size"] == 0
+        finally:
+            hole.close()
+
+    run(main(), timeout=5)
+
+
+def test_null_pool_connect_timeout_shorter_than_the_clients_still_holds():
+    async def main() -> None:
+        hole = BlackHole()
+        try:
+            dsn = f"host=127.0.0.1 port={hole.port} user=u dbname=d connect_timeout=2"
+            async with AsyncNullConnectionPool(dsn, open=False) as pool:
+                started = time.monotonic()
+                with pytest.raises(psycopg2.OperationalError):
+                    await pool.getconn(timeout=30)
+                assert time.monotonic() - started < 4
+        finally:
+            hole.close()
+
+    run(main(), timeout=10)
+
+
 def test_null_pool_wait_on_unreachable_server():
     async def main() -> None:
         pool = AsyncNullConnectionPool(unreachable_dsn(), open=False)
@@ -1024,6 +1168,41 @@ def test_null_pool_wait_on_unreachable_server():
         assert pool.closed
 
     run(main())
+
+
+def test_null_pool_wait_retries_until_the_server_is_up(private_server):
+    async def main() -> None:
+        private_server.stop()
+        async with AsyncNullConnectionPool(private_server.dsn, open=False) as pool:
+            starter = asyncio.get_running_loop().run_in_executor(None, start_later)
+            await pool.wait(20)
+            await starter
+            assert not pool.closed
+            assert pool.get_stats()["connections_errors"] >= 1
+
+    def start_later() -> None:
+        time.sleep(0.3)
+        private_server.start()
+
+    run(main())
+
+
+def test_null_pool_wait_gives_up_at_its_deadline_and_logs_attempts(caplog):
+    caplog.set_level(logging.WARNING, logger="psycopg2_pool")
+
+    async def main() -> None:
+        pool = AsyncNullConnectionPool(unreachable_dsn(), password="s3cr3t-pw", open=False)
+        await pool.open()
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            await pool.wait(timeout=2.5)
+        assert 2.4 <= time.monotonic() - started < 5
+        assert pool.closed
+
+    run(main())
+    failures = [r for r in caplog.records if "error connecting" in r.getMessage()]
+    assert len(failures) >= 2
+    assert "s3cr3t-pw" not in caplog.text
 
 
 @pytest.fixture

@@ -479,6 +479,28 @@ def test_blackhole_getconn_with_check_bounded_by_timeout(
     assert isinstance(out.get("error"), PoolTimeout), out
 
 
+def test_blackhole_successive_getconn_with_check_each_bounded_by_timeout(
+    private_server: Any, proxy: TcpProxy, pools: list[Any]
+) -> None:
+    """Each check cut short sends a worker to open a replacement into the silent
+    network; the watchdogs of the next clients' checks must not wait for them."""
+    pool = _proxied_pool(
+        private_server,
+        proxy,
+        pools,
+        min_size=4,
+        max_size=4,
+        num_workers=3,
+        check=ConnectionPool.check_connection,
+    )
+    proxy.blackhole()
+    for attempt in range(5):
+        out = _bounded(proxy, lambda: pool.getconn(timeout=1), 1)
+        assert not out["hung"], f"getconn(timeout=1) #{attempt + 1} hung on a silent server"
+        assert isinstance(out.get("error"), PoolTimeout), out
+        assert out["elapsed"] < 1.5, f"getconn(timeout=1) #{attempt + 1}: {out['elapsed']:.2f} s"
+
+
 # libpq parameters that might bound a query on a connection whose traffic stopped.
 TCP_SETTINGS = {
     "tcp_user_timeout": {"tcp_user_timeout": 1000},
@@ -535,6 +557,29 @@ def test_blackhole_new_connections_bounded_by_connect_timeout(
         lambda: pool.get_stats().get("connections_errors", 0) >= 1,
         timeout=2 + 2 * SLACK,
         message="a connection attempt that timed out",
+    )
+    proxy.resume()
+    with pool.connection(timeout=BACKOFF_BOUND) as conn:
+        assert identity(conn) is not None
+
+
+def test_blackhole_new_connections_bounded_by_reconnect_timeout_without_connect_timeout(
+    private_server: Any, proxy: TcpProxy, pools: list[Any]
+) -> None:
+    """With no connect_timeout set, a connection attempt into a silent network
+    gives up after reconnect_timeout instead of holding a worker for ever."""
+    proxy.blackhole()
+    pool = ConnectionPool(
+        dsn_with(private_server.dsn, port=proxy.port, application_name=app_name()),
+        min_size=1,
+        open=True,
+        reconnect_timeout=3,
+    )
+    pools.append(pool)
+    wait_for(
+        lambda: pool.get_stats().get("connections_errors", 0) >= 1,
+        timeout=3 + 2 * SLACK,
+        message="a connection attempt that gave up",
     )
     proxy.resume()
     with pool.connection(timeout=BACKOFF_BOUND) as conn:

@@ -172,6 +172,24 @@ def test_connection_pool_putconn_real_connection_twice_raises_pool_error(
     works(pool)
 
 
+def test_connection_pool_putconn_real_connection_twice_leaves_its_next_holder_alone(
+    make_pool: Callable[..., ConnectionPool],
+) -> None:
+    pool = make_pool(min_size=1, max_size=1)
+    first = pool.getconn()
+    real = first.__wrapped__
+    pool.putconn(real)  # given back by the real connection: accepted once
+    holder = pool.getconn()
+    assert holder.__wrapped__ is real  # the same connection, another client's now
+    assert holder.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(PoolError, match="returned"):
+        pool.putconn(real)
+    assert holder.get_transaction_status() == ext.TRANSACTION_STATUS_INTRANS
+    assert holder.execute("SELECT 2").fetchone() == (2,)
+    pool.putconn(holder)
+    works(pool)
+
+
 def test_connection_pool_putconn_none_raises_pool_error(
     make_pool: Callable[..., ConnectionPool],
 ) -> None:

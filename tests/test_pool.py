@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import math
 import re
 import threading
 import time
 import warnings
+import weakref
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -85,6 +89,23 @@ def test_context_manager_opens_and_closes(dsn):
             assert conn.execute("select 1").fetchone() == (1,)
     assert pool.closed
     wait_for(lambda: backends(pdsn, name) == [])
+
+
+def test_dropped_open_pool_is_collected_and_its_threads_and_connections_end(dsn):
+    name = app_name()
+    pdsn = dsn_with(dsn, application_name=name)
+    pool = ConnectionPool(pdsn, min_size=2, open=True, name=name)
+    pool.wait(5)
+    with pool.connection() as conn:
+        conn.execute("select 1")
+    threads = [t for t in threading.enumerate() if t.name.startswith(f"{name}-")]
+    assert threads
+    ref = weakref.ref(pool)
+    del pool, conn
+    gc.collect()
+    assert ref() is None
+    wait_for(lambda: not any(t.is_alive() for t in threads), message="the workers to end")
+    wait_for(lambda: backends(pdsn, name) == [], message="the connections to close")
 
 
 def test_open_twice_is_fine(make_pool):
@@ -297,6 +318,80 @@ def test_waiters_get_pool_closed_when_pool_closes(make_pool):
     pool.putconn(holder)  # returning to a closed pool does not raise
 
 
+def _wait_for_one(pool: ConnectionPool, timeout: float, errors: list[BaseException]) -> None:
+    try:
+        pool.putconn(pool.getconn(timeout=timeout))
+    except BaseException as exc:
+        errors.append(exc)
+
+
+def test_waiters_timing_out_while_pool_closes_get_pool_closed_or_pool_timeout(dsn):
+    """close() waits for its workers before it is done; clients whose timeout
+    runs out meanwhile get PoolClosed or PoolTimeout, never anything else."""
+    growing = threading.Event()
+    busy = threading.Event()
+
+    def slow_configure(conn: Any) -> None:
+        # Keeps a worker busy, so that close() waits for it while clients time out.
+        if growing.is_set():
+            busy.set()
+            time.sleep(0.5)
+
+    for _ in range(3):
+        pool = ConnectionPool(
+            dsn_with(dsn, application_name=app_name()),
+            min_size=1,
+            max_size=2,
+            open=True,
+            configure=slow_configure,
+        )
+        got: list[BaseException] = []
+        try:
+            pool.wait(5)
+            holder = pool.getconn()
+            busy.clear()
+            growing.set()
+            threads = [
+                threading.Thread(target=_wait_for_one, args=(pool, 0.2 + 0.02 * i, got))
+                for i in range(10)
+            ]
+            for t in threads:
+                t.start()
+            assert busy.wait(5)
+            pool.close()
+            for t in threads:
+                t.join(5)
+            pool.putconn(holder)
+        finally:
+            growing.clear()
+            pool.close()
+        assert all(isinstance(e, (PoolClosed, PoolTimeout)) for e in got), got
+
+
+def test_check_after_a_wait_in_line_is_bounded_by_what_is_left_of_the_timeout(make_pool):
+    """The client's timeout runs from its getconn() call: time spent in line
+    counts, and a slow check only gets what is left."""
+    slow = threading.Event()
+
+    def check(conn: Any) -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_sleep(10)" if slow.is_set() else "SELECT 1")
+        conn.rollback()
+
+    pool, _, _ = make_pool(min_size=1, max_size=1, check=check)
+    pool.wait(5)
+    holder = pool.getconn(timeout=5)
+    slow.set()
+    returner = threading.Timer(0.6, pool.putconn, (holder,))
+    returner.start()
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=1.0)
+    elapsed = time.monotonic() - started
+    returner.join()
+    assert elapsed < 1.3, f"getconn(timeout=1) took {elapsed:.2f} s"
+
+
 # -- sizing ---------------------------------------------------------------------
 
 
@@ -336,18 +431,76 @@ def test_max_lifetime_replaces_connections(make_pool):
         assert pid_of(conn) not in first
 
 
-def test_lifo_most_recently_returned_is_handed_out_first(make_pool):
+def test_longest_idle_connection_is_handed_out_first(make_pool):
     pool, _, _ = make_pool(min_size=3)
     pool.wait(5)
     a, b, c = (pool.getconn() for _ in range(3))
-    pids = {id(x): pid_of(x) for x in (a, b, c)}
-    pid_b = pids[id(b)]
-    pool.putconn(a)
-    pool.putconn(c)
-    pool.putconn(b)
-    d = pool.getconn()
-    assert pid_of(d) == pid_b
-    pool.putconn(d)
+    returned = [pid_of(x) for x in (a, c, b)]
+    for x in (a, c, b):
+        pool.putconn(x)
+    handed = [pool.getconn() for _ in range(3)]
+    assert [pid_of(x) for x in handed] == returned
+    for x in handed:
+        pool.putconn(x)
+
+
+def test_idle_connections_are_used_in_turn(make_pool):
+    # As psycopg_pool: every connection stays warm, none idles into a server
+    # or firewall idle timeout while the others do all the work.
+    pool, _, _ = make_pool(min_size=4)
+    pool.wait(5)
+    uses: Counter[int] = Counter()
+    for _ in range(8):
+        with pool.connection() as conn:
+            uses[pid_of(conn)] += 1
+    assert sorted(uses.values()) == [2, 2, 2, 2]
+
+
+def sizes_until(pool: ConnectionPool, size: int, timeout: float) -> list[int]:
+    """The pool sizes seen (each change once) until the pool is down to ``size``."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = pool.get_stats()["pool_size"]
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        if now <= size:
+            break
+        time.sleep(0.01)
+    return seen
+
+
+def test_max_idle_closes_surplus_connections_one_per_period(make_pool):
+    pool, pdsn, name = make_pool(min_size=1, max_size=4, max_idle=0.5)
+    pool.wait(5)
+    conns = [pool.getconn() for _ in range(4)]
+    for c in conns:
+        pool.putconn(c)
+    assert sizes_until(pool, 1, timeout=10) == [4, 3, 2, 1]
+    wait_for(lambda: len(backends(pdsn, name)) == 1)
+
+
+def test_resize_down_closes_surplus_connections_one_per_period(make_pool):
+    pool, pdsn, name = make_pool(min_size=4, max_idle=0.5)
+    pool.wait(5)
+    pool.resize(1, 1)
+    assert sizes_until(pool, 1, timeout=10) == [4, 3, 2, 1]
+    wait_for(lambda: len(backends(pdsn, name)) == 1)
+
+
+def test_pool_used_in_turn_still_shrinks_to_min_size(make_pool):
+    # One client at a time uses every connection in turn, so none stays idle
+    # for max_idle; yet at no moment were more than one needed.
+    pool, _, _ = make_pool(min_size=1, max_size=3, max_idle=0.3)
+    pool.wait(5)
+    conns = [pool.getconn() for _ in range(3)]
+    for c in conns:
+        pool.putconn(c)
+    deadline = time.monotonic() + 10
+    while pool.get_stats()["pool_size"] > 1 and time.monotonic() < deadline:
+        with pool.connection():
+            time.sleep(0.02)
+    assert pool.get_stats()["pool_size"] == 1
 
 
 # -- callbacks ------------------------------------------------------------------
@@ -391,13 +544,13 @@ def test_check_connection_replaces_terminated_backend_before_handing_out(make_po
 
 def test_reset_runs_on_return(make_pool):
     calls: list[Any] = []
-    pool, _, _ = make_pool(min_size=1, reset=lambda c: calls.append(c))
+    # What the callback gets is valid while it runs: note what it wraps then.
+    pool, _, _ = make_pool(min_size=1, reset=lambda c: calls.append(c.__wrapped__))
     pool.wait(5)
     conn = pool.getconn()
     real = conn.__wrapped__
     pool.putconn(conn)
-    assert len(calls) == 1
-    assert getattr(calls[0], "__wrapped__", calls[0]) is real
+    assert calls == [real]
 
 
 def test_reset_that_raises_discards_connection(make_pool):
@@ -454,7 +607,7 @@ def test_broken_returned_connection_is_replaced(make_pool):
 
 
 def test_resize_up_and_down(make_pool):
-    pool, pdsn, name = make_pool(min_size=1, max_size=1)
+    pool, pdsn, name = make_pool(min_size=1, max_size=1, max_idle=0.2)
     pool.wait(5)
     pool.resize(3, 4)
     assert (pool.min_size, pool.max_size) == (3, 4)
@@ -466,8 +619,8 @@ def test_resize_up_and_down(make_pool):
         pool.putconn(c)
     stats = pool.get_stats()
     assert stats["pool_min"] == 1 and stats["pool_max"] == 1
-    # The surplus goes, down to max_size at most.
-    wait_for(lambda: len(backends(pdsn, name)) <= 1, timeout=3)
+    # As psycopg_pool: the surplus goes one connection per max_idle period.
+    wait_for(lambda: len(backends(pdsn, name)) <= 1, timeout=5)
     assert pool.get_stats()["pool_size"] <= 1
 
 
@@ -480,6 +633,30 @@ def test_check_replaces_terminated_idle_connections(make_pool):
     assert pool.get_stats()["connections_lost"] == 2
     wait_for(lambda: len(backends(pdsn, name)) == 2, timeout=5)
     assert not set(backends(pdsn, name)) & old
+
+
+def test_check_refills_a_pool_that_fell_below_min_size(dsn):
+    # Reconnection gives up while the server is unreachable: the pool stays
+    # below min_size until check() (as in psycopg_pool) grows it back.
+    name = app_name()
+    target = {"dsn": unreachable_dsn(name)}
+    gave_up = threading.Semaphore(0)
+    pool = ConnectionPool(
+        lambda: target["dsn"],
+        min_size=2,
+        open=True,
+        reconnect_timeout=0.2,
+        reconnect_failed=lambda p: gave_up.release(),
+    )
+    try:
+        assert gave_up.acquire(timeout=10) and gave_up.acquire(timeout=10)
+        assert pool.get_stats()["pool_size"] == 0
+        target["dsn"] = dsn_with(dsn, application_name=name)
+        pool.check()
+        wait_for(lambda: pool.get_stats()["pool_available"] == 2, timeout=5)
+        assert len(backends(dsn, name)) == 2
+    finally:
+        pool.close()
 
 
 def test_drain_replaces_all_connections(make_pool):
@@ -540,6 +717,66 @@ def test_extra_keywords_go_to_connect(dsn):
     with ConnectionPool(dsn, min_size=1, open=True, application_name=name) as pool:
         pool.wait(5)
         assert len(backends(dsn, name)) == 1
+
+
+def test_autocommit_in_kwargs_gives_autocommit_connections(make_pool):
+    # psycopg_pool's documented idiom: psycopg 3's connect() option, not libpq's.
+    pool, _, _ = make_pool(min_size=1, kwargs={"autocommit": True})
+    with pool.connection() as conn:
+        assert conn.autocommit is True
+        conn.execute("SELECT 1")
+        assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+def test_autocommit_as_extra_keyword_gives_autocommit_connections(make_pool):
+    pool, _, _ = make_pool(min_size=1, autocommit=True)
+    with pool.connection() as conn:
+        assert conn.autocommit is True
+
+
+def test_autocommit_from_callable_kwargs_gives_autocommit_connections(make_pool):
+    pool, _, _ = make_pool(min_size=1, kwargs=lambda: {"autocommit": True})
+    with pool.connection() as conn:
+        assert conn.autocommit is True
+
+
+def test_autocommit_connection_sees_configure_in_autocommit(make_pool):
+    # As in psycopg 3, the connection is in autocommit before configure runs.
+    seen: list[bool] = []
+    pool, _, _ = make_pool(
+        min_size=1, kwargs={"autocommit": True}, configure=lambda c: seen.append(c.autocommit)
+    )
+    pool.wait(5)
+    assert seen == [True]
+
+
+def test_prepare_threshold_is_accepted_and_changes_nothing(make_pool):
+    # psycopg2 never prepares statements on the server: any threshold holds.
+    pool, _, _ = make_pool(min_size=1, kwargs={"prepare_threshold": 0})
+    with pool.connection() as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_cursor_factory_in_kwargs_is_the_connections_default(make_pool):
+    import psycopg2.extras
+
+    pool, _, _ = make_pool(min_size=1, kwargs={"cursor_factory": psycopg2.extras.RealDictCursor})
+    with pool.connection() as conn:
+        assert conn.execute("SELECT 1 AS x").fetchone() == {"x": 1}
+
+
+@pytest.mark.parametrize("option", ["row_factory", "context"])
+def test_psycopg3_option_without_psycopg2_counterpart_is_refused_at_once(dsn, option):
+    with pytest.raises(psycopg2.NotSupportedError, match=f"{option} is a psycopg 3 option"):
+        ConnectionPool(dsn, open=False, kwargs={option: object()})
+
+
+def test_unknown_keyword_still_reaches_libpq_and_fails(make_pool, caplog):
+    caplog.set_level(logging.WARNING, logger="psycopg2_pool")
+    pool, _, _ = make_pool(min_size=0, max_size=1, kwargs={"no_such_option": 1}, timeout=1)
+    with pytest.raises(PoolTimeout):
+        pool.getconn()
+    assert 'invalid connection option "no_such_option"' in caplog.text
 
 
 # -- stats, names, repr ----------------------------------------------------------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any, Callable
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.extras
 import psycopg2.pool
 import pytest
 
@@ -138,14 +141,19 @@ def test_clear_closes_idle_connections(made, named):
     pool.putconn(held)
 
 
-def test_idle_timeout_closes_connections_above_minconn(made, named):
+def test_idle_timeout_closes_idle_connections_when_the_pool_is_next_used(made, named):
+    # As in 1.2, there is no background thread: the next putconn tidies up.
     pdsn, name = named
     pool = made(ConnectionPool(minconn=1, maxconn=3, idle_timeout=0.2, dsn=pdsn))
     conns = [pool.getconn() for _ in range(3)]
     for c in conns:
         pool.putconn(c)
     assert len(backends(pdsn, name)) == 3
-    wait_for(lambda: len(backends(pdsn, name)) == 1, timeout=5)
+    time.sleep(0.3)
+    conn = pool.getconn()  # the most recent is too old as well: a new one
+    pool.putconn(conn)
+    wait_for(lambda: backends(pdsn, name) == [conn.get_backend_pid()])
+    assert list(pool.idle_connections) == [conn]
 
 
 def test_thread_safe_pool_takes_keywords(made, named):
@@ -157,22 +165,158 @@ def test_thread_safe_pool_takes_keywords(made, named):
     pool.putconn(conn)
 
 
-def test_with_getconn_commits_and_returns(made, named):
+def test_with_conn_commits_and_keeps_the_connection_checked_out(made, named):
     pdsn, _ = named
     pool = made(ConnectionPool(minconn=1, maxconn=2, dsn=pdsn))
     with pool.getconn() as conn, conn.cursor() as cur:
         cur.execute("create temp table if not exists t12 (x int)")  # session-local
         cur.execute("insert into t12 values (1)")
-    # Same backend (LIFO, only one idle): the committed row is there.
-    conn2 = pool.getconn()
-    with conn2.cursor() as cur:
+    # psycopg2's own semantics: the transaction ended, the connection is still ours.
+    assert conn in pool.connections_in_use
+    assert conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    with conn.cursor() as cur:
         cur.execute("select count(*) from t12")
         assert cur.fetchone() == (1,)
-    pool.putconn(conn2)
-    # Both given back: a third checkout works without 'exhausted'.
-    a, b = pool.getconn(), pool.getconn()
-    pool.putconn(a)
-    pool.putconn(b)
+    conn.__exit__(None, None, None)  # what postgres.py does before putconn
+    pool.putconn(conn)
+    assert conn not in pool.connections_in_use
+    assert list(pool.idle_connections) == [conn]
+
+
+def test_dropped_connection_comes_back_to_the_pool(made, named):
+    pdsn, name = named
+    pool = made(ConnectionPool(minconn=0, maxconn=1, dsn=pdsn))
+    conn = pool.getconn()
+    conn.cursor().execute("select 1")  # left inside a transaction
+    del conn
+    again = pool.getconn()  # not "exhausted": the dropped one was taken back
+    assert backends(pdsn, name) == [again.get_backend_pid()]
+    assert again.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    pool.putconn(again)
+
+
+def test_with_getconn_in_a_loop_never_exhausts_the_pool(made, named):
+    # The pattern 1.2's users wrote: each connection is dropped, never put back.
+    pdsn, name = named
+    pool = made(ConnectionPool(minconn=1, maxconn=2, dsn=pdsn))
+    for i in range(20):
+        with pool.getconn() as conn, conn.cursor() as cur:
+            cur.execute("select %s", (i,))
+            assert cur.fetchone() == (i,)
+    assert len(backends(pdsn, name)) <= 2
+
+
+def test_putconn_twice_raises_pool_error(made, named):
+    pdsn, _ = named
+    pool = made(ConnectionPool(minconn=1, maxconn=2, dsn=pdsn))
+    conn = pool.getconn()
+    pool.putconn(conn)
+    with pytest.raises(PoolError, match="not checked out of this pool"):
+        pool.putconn(conn)
+    assert list(pool.idle_connections) == [conn]
+
+
+def test_positional_sizes_select_the_12_pool(made, named):
+    pdsn, name = named
+    pool = made(ConnectionPool(0, 1, 30, dsn=pdsn))
+    assert isinstance(pool, ThreadSafeConnectionPool)
+    assert (pool.minconn, pool.maxconn, pool.idle_timeout) == (0, 1, 30)
+    assert backends(pdsn, name) == []
+
+
+def test_getconn_hands_out_the_psycopg2_connection_itself(made, named):
+    pdsn, _ = named
+    pool = made(ConnectionPool(minconn=1, maxconn=2, dsn=pdsn))
+    conn = pool.getconn()
+    assert type(conn) is psycopg2.extensions.connection
+    psycopg2.extras.register_uuid(conn_or_curs=conn)  # C code that wants the C type
+    pool.putconn(conn)
+
+
+class _AppConnection(psycopg2.extensions.connection):
+    pass
+
+
+class _AppCursor(psycopg2.extensions.cursor):
+    pass
+
+
+def test_connection_factory_and_cursor_factory_are_honoured(made, named):
+    # What liberapay's postgres.py passes.
+    pdsn, _ = named
+    pool = made(
+        ConnectionPool(
+            minconn=1,
+            maxconn=2,
+            dsn=pdsn,
+            connection_factory=_AppConnection,
+            cursor_factory=_AppCursor,
+        )
+    )
+    conn = pool.getconn()
+    assert type(conn) is _AppConnection
+    assert type(conn.cursor()) is _AppCursor
+    pool.putconn(conn)
+
+
+def test_return_times_is_live_and_ageing_an_entry_expires_the_connection(made, named):
+    pdsn, _ = named
+    pool = made(ConnectionPool(minconn=0, maxconn=2, idle_timeout=30, dsn=pdsn))
+    conn = pool.getconn()
+    assert conn not in pool.return_times
+    before = time.perf_counter()
+    pool.putconn(conn)
+    assert before <= pool.return_times[conn] <= time.perf_counter()
+    pool.return_times[conn] -= 60
+    fresh = pool.getconn()
+    assert fresh is not conn
+    assert conn.closed
+    assert conn not in pool.return_times
+    pool.putconn(fresh)
+
+
+def test_idle_connections_is_live_and_last_in_first_out(made, named):
+    pdsn, _ = named
+    pool = made(ConnectionPool(minconn=0, maxconn=3, dsn=pdsn))
+    a, b, c = pool.getconn(), pool.getconn(), pool.getconn()
+    assert set(pool.connections_in_use) == {a, b, c}
+    for conn in (b, c, a):
+        pool.putconn(conn)
+    assert list(pool.idle_connections) == [b, c, a]
+    assert len(pool.connections_in_use) == 0
+    assert pool.getconn() is a
+
+
+def test_threads_share_the_pool_without_exceeding_maxconn(made, named):
+    pdsn, name = named
+    pool = made(ConnectionPool(minconn=0, maxconn=4, dsn=pdsn))
+    holders: dict[int, int] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        try:
+            for _ in range(50):
+                conn = pool.getconn()
+                with lock:
+                    assert id(conn) not in holders, "one connection held twice"
+                    holders[id(conn)] = 1
+                with conn.cursor() as cur:
+                    cur.execute("select 1")
+                with lock:
+                    del holders[id(conn)]
+                pool.putconn(conn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(backends(pdsn, name)) <= 4
+    assert len(pool.connections_in_use) == 0
 
 
 def test_close_then_getconn_raises_pool_closed(named):
@@ -226,9 +370,7 @@ def test_12_quickstart_minconn_maxconn(made, named):
 
 
 def test_12_quickstart_bare_dsn_runs(made, named):
-    # ConnectionPool(dsn=...) is valid 1.2 code (every size keyword defaulted);
-    # without minconn/maxconn/idle_timeout the contract gives it psycopg_pool
-    # semantics, but the quickstart must still run unchanged.
+    # ConnectionPool(dsn=...) is valid 1.2 code (every size keyword defaulted).
     pdsn, _ = named
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -53,9 +53,10 @@ class ConnectionPoolMachine(RuleBasedStateMachine):
         self.name = app_name()
         self.held: list[Any] = []
         self.broken: set[int] = set()  # id() of held handles whose backend was killed
-        # Surplus idle connections after a resize down are closed by the pool's
-        # periodic maintenance (up to 5 s later): the size may exceed max_size
-        # until then, up to the largest max_size since it last fitted.
+        # As psycopg_pool: after a resize down, the surplus connections are
+        # closed one per max_idle period (10 minutes here): the size may
+        # exceed max_size until then, up to the largest max_size since it
+        # last fitted.
         self.ceiling = 3
         self.pool = self._new_pool(1, 3)
 

@@ -165,6 +165,38 @@ def test_use_after_return_raises_returned_to_the_pool(pool, use):
         use(conn)
 
 
+@FORMS
+def test_closed_reads_true_once_given_back(pool, form):
+    with block(pool, form) as conn:
+        assert conn.closed == 0
+    assert conn.closed == 1  # closed to its holder...
+    with pool.connection() as again:  # ...while the pooled connection serves on
+        assert again.__wrapped__.closed == 0
+        assert again.execute("select 1").fetchone() == (1,)
+
+
+def test_closed_reads_true_after_the_pool_closed_during_the_block(make_pool):
+    pool = make_pool()
+    with pool.connection() as conn:
+        real = conn.__wrapped__
+        pool.close()
+    assert conn.closed
+    assert real.closed
+
+
+@pytest.mark.parametrize("close_returns", [False, True])
+def test_close_once_given_back_does_nothing(make_pool, close_returns):
+    pool = make_pool(close_returns=close_returns)
+    with pool.connection() as conn:
+        pid = conn.get_backend_pid()
+    conn.close()
+    conn.close()
+    assert pool.get_stats()["pool_available"] == 1
+    with pool.connection() as again:
+        assert again.get_backend_pid() == pid
+        assert again.execute("select 1").fetchone() == (1,)
+
+
 def test_old_handle_cannot_touch_new_holders_connection(table, pool, dsn):
     old = pool.getconn()
     real = old.__wrapped__

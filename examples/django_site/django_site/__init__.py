@@ -1,0 +1,1 @@
+"""A small Django site whose database connections come from a psycopg2_pool pool."""

@@ -1,0 +1,1 @@
+"""The example site's app: notes written and read back, and counters."""

@@ -1,0 +1,7 @@
+"""The notes app's configuration."""
+
+from django.apps import AppConfig
+
+
+class NotesConfig(AppConfig):
+    name = "notes"

@@ -1,0 +1,1 @@
+"""The notes app's management commands."""

@@ -1,0 +1,1 @@
+"""Commands: runserver, with room for bursts of clients."""
