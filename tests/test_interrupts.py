@@ -329,7 +329,7 @@ def test_the_tracer_finds_the_points_of_a_lock_round() -> None:
 
     code = unsafe.__code__
     ops = [dis.opname[code.co_code[i]] for i in range(0, len(code.co_code), 2)]
-    assert "CALL" in ops
+    assert _CALLS & set(ops)
     assert psycopg2.__name__  # the module under test is importable beside the harness
 
 
