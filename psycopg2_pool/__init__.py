@@ -44,4 +44,5 @@ __all__ = [
     "TooManyRequests",
 ]
 
-__version__ = "0.1.0"
+# A plain literal: setup.cfg reads it as the distribution's version.
+__version__ = "2.0.0"
