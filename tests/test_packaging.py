@@ -119,7 +119,7 @@ def test_import_without_psycopg2_says_how_to_install_it() -> None:
     assert result.returncode == 3, result.stdout + result.stderr
     message = result.stdout
     assert "'pip install psycopg2'" in message
-    assert 'pip install "psycopg2_pool[binary]"' in message
+    assert "'pip install psycopg2-binary'" in message
 
 
 def test_install_requires_leaves_psycopg2_to_the_user(setup_cfg: configparser.ConfigParser) -> None:
