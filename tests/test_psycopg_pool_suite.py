@@ -54,6 +54,14 @@ def test_psycopg3_method(dsn):
             assert conn.pgconn.status == 0
 
 
+def test_psycopg3_connect_keyword(dsn):
+    from psycopg.rows import dict_row
+
+    with pool.ConnectionPool(dsn, min_size=1, kwargs={"row_factory": dict_row}, timeout=2) as p:
+        with p.connection() as conn:
+            assert conn.execute("select 1 as x").fetchone() == {"x": 1}
+
+
 def test_module_name(dsn):
     assert pool.__name__ == "psycopg_pool"
 
@@ -103,6 +111,12 @@ def test_a_psycopg3_connection_method_is_put_under_driver_api(report: dict[str, 
     assert "pgconn" in entry["reason"]
 
 
+def test_a_psycopg3_connect_keyword_is_put_under_driver_api(report: dict[str, Any]) -> None:
+    entry = _test(report, "test_psycopg3_connect_keyword")
+    assert entry["column"] == "driver API"
+    assert "row_factory" in entry["reason"]
+
+
 def test_any_other_failure_is_put_under_otherwise_with_its_reason(
     report: dict[str, Any],
 ) -> None:
@@ -119,9 +133,9 @@ def test_a_test_failing_on_psycopg_pool_too_is_left_out(report: dict[str, Any]) 
 
 def test_the_table_counts_each_column_per_file(report: dict[str, Any]) -> None:
     assert report["files"]["tests/pool/test_stand_in.py"] == {
-        "pass on psycopg_pool": 4,
+        "pass on psycopg_pool": 5,
         "pass with alias": 1,
         "internals": 1,
-        "driver API": 1,
+        "driver API": 2,
         "otherwise": 1,
     }

@@ -431,7 +431,10 @@ class Classifier:
                 return Verdict(
                     DRIVER, f"uses psycopg 3's conn.{name}(), which psycopg2's async mode lacks"
                 )
-        match = re.search(r'invalid connection option "(\w+)"', message)
+        # libpq's refusal, or psycopg2_pool's own word for a psycopg 3 keyword.
+        match = re.search(r'invalid connection option "(\w+)"', message) or re.match(
+            r"(\w+) is a psycopg 3 option", message
+        )
         if match:
             option = match.group(1)
             # autocommit=True is psycopg2's too (an attribute): the pool must set it.
