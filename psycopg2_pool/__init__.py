@@ -9,8 +9,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
         "psycopg2_pool needs psycopg2: install it with 'pip install psycopg2' "
-        "(builds against your libpq) or 'pip install \"psycopg2_pool[binary]\"' "
-        "(prebuilt psycopg2-binary)"
+        "(builds against your libpq) or 'pip install psycopg2-binary' (prebuilt; "
+        "the 'binary' extra of psycopg2_pool)"
     ) from exc
 
 from . import _psycopg2_compat
@@ -44,4 +44,5 @@ __all__ = [
     "TooManyRequests",
 ]
 
-__version__ = "0.1.0"
+# A plain literal: setup.cfg reads it as the distribution's version.
+__version__ = "2.0.0"

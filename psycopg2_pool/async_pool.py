@@ -50,7 +50,7 @@ from .async_connection import (
     lend_async,
     maybe_await,
 )
-from .engine import FOREVER, AbstractConnectionPool, Connection, Waiter
+from .engine import FOREVER, AbstractConnectionPool, Connection, Waiter, status_name
 from .errors import PoolTimeout
 from .null_pool import NullConnectionPool
 from .pool import ConnectionPool, _ensure_idle
@@ -659,7 +659,9 @@ class AsyncConnectionPool(ConnectionPool):
                 await abort_query(conn)
             status = conn.get_transaction_status()
             if status != _IDLE and not conn.closed and status != _ext.TRANSACTION_STATUS_UNKNOWN:
-                logger.warning("rolling back returned connection: %r", conn)
+                logger.warning(
+                    "rolling back returned connection (%s): %r", status_name(status), conn
+                )
                 await _run(conn, "ROLLBACK")
             if self._areset is not None and not conn.closed:
                 await lend_async(self._areset, conn)

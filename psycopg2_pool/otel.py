@@ -11,7 +11,7 @@ Every collection reads :meth:`ConnectionPool.get_stats` of each pool (never
 its statistics key (``psycopg2_pool.pool_size``,
 ``psycopg2_pool.requests_wait_ms``, ...) and each observation carries a
 ``pool.name`` attribute with the pool's name. Needs the ``otel`` extra
-(``pip install "psycopg2_pool[otel]"``, the OpenTelemetry API alone); the
+(the ``otel`` extra: ``pip install ".[otel]"`` from a checkout, the OpenTelemetry API alone); the
 application brings the SDK and its exporter.
 """
 
@@ -25,7 +25,8 @@ try:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
-        'psycopg2_pool.otel needs opentelemetry-api: pip install "psycopg2_pool[otel]"'
+        "psycopg2_pool.otel needs opentelemetry-api (the 'otel' extra):"
+        " pip install opentelemetry-api"
     ) from exc
 
 from . import __version__

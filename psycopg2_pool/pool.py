@@ -1235,7 +1235,7 @@ class ConnectionPool(AbstractConnectionPool):
             return False
         status = conn.get_transaction_status()
         if status != _IDLE and status != _ext.TRANSACTION_STATUS_UNKNOWN:
-            logger.warning("rolling back returned connection: %r", conn)
+            logger.warning("rolling back returned connection (%s): %r", status_name(status), conn)
         if not super()._restore(conn):
             return False
         if self._reset is not None:

@@ -10,7 +10,7 @@
 Every scrape reads :meth:`ConnectionPool.get_stats` of each pool (never
 ``pop_stats``, which would reset the counters). Each metric carries a ``pool``
 label with the pool's name. Needs the ``prometheus`` extra
-(``pip install "psycopg2_pool[prometheus]"``).
+(the ``prometheus`` extra: ``pip install ".[prometheus]"`` from a checkout).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ try:
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
-        'psycopg2_pool.prometheus needs prometheus_client: pip install "psycopg2_pool[prometheus]"'
+        "psycopg2_pool.prometheus needs prometheus_client (the 'prometheus' extra):"
+        " pip install prometheus_client"
     ) from exc
 
 from . import stats as S

@@ -8,6 +8,7 @@ returns): it can never touch a connection someone else now holds.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from operator import attrgetter
 from types import TracebackType
@@ -274,7 +275,9 @@ class PooledConnection(_Handle):
     @classmethod
     def for_pool(cls, pool: ConnectionPool) -> type[PooledConnection]:
         """The handle class of ``pool``."""
-        return type(cls.__name__, (cls,), {"_self_pool": pool, "__module__": cls.__module__})
+        # Weakly: a handle kept after its return must not keep its pool alive.
+        namespace = {"_self_pool": weakref.proxy(pool), "__module__": cls.__module__}
+        return type(cls.__name__, (cls,), namespace)
 
     def close(self) -> None:
         """Close the connection, or give it back if the pool has ``close_returns``.

@@ -1,19 +1,26 @@
 """The distribution: psycopg2 is the user's choice (not a hard requirement),
-a missing psycopg2 is explained, and the package ships its type marker."""
+a missing psycopg2 is explained, the package ships its type marker, and its
+version stays above psycopg2-pool 1.2, the PyPI project pip takes it for."""
 
 from __future__ import annotations
 
 import configparser
 import email
+import json
 import shutil
 import subprocess
 import sys
 import textwrap
 import zipfile
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pytest
+from packaging.version import Version
+
+import psycopg2_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP_CFG = ROOT / "setup.cfg"
@@ -61,6 +68,46 @@ def setup_cfg() -> configparser.ConfigParser:
     return parser
 
 
+def _installed_distribution() -> metadata.Distribution:
+    """The installed ``psycopg2_pool`` distribution, if it is the code under test.
+
+    Skips when the imported package comes from elsewhere (say, a checkout on
+    PYTHONPATH while the environment's install points at another one): then
+    the installed metadata says nothing about this code.
+    """
+    try:
+        dist = metadata.distribution("psycopg2_pool")
+    except metadata.PackageNotFoundError:
+        pytest.skip("psycopg2_pool is not installed, only importable")
+    imported = Path(psycopg2_pool.__file__).resolve()
+    direct_url = dist.read_text("direct_url.json")
+    if direct_url is not None and json.loads(direct_url).get("dir_info", {}).get("editable"):
+        source = Path(url2pathname(urlparse(json.loads(direct_url)["url"]).path))
+        if imported.is_relative_to(source.resolve()):
+            return dist
+    elif Path(str(dist.locate_file("psycopg2_pool/__init__.py"))).resolve() == imported:
+        return dist
+    pytest.skip(f"the installed psycopg2_pool is not the imported one ({imported})")
+
+
+def test_installed_version_is_newer_than_psycopg2_pool_1_2() -> None:
+    # pip treats psycopg2_pool and psycopg2-pool as one project: at or below
+    # 1.2, "pip install -U" would replace this package with PyPI's 1.2.
+    version = Version(_installed_distribution().version)
+    assert version >= Version("2")
+    assert version > Version("1.2")
+
+
+def test_version_attribute_matches_installed_metadata() -> None:
+    assert psycopg2_pool.__version__ == _installed_distribution().version
+
+
+def test_setup_cfg_takes_the_version_from_the_package(
+    setup_cfg: configparser.ConfigParser,
+) -> None:
+    assert setup_cfg["metadata"]["version"] == "attr: psycopg2_pool.__version__"
+
+
 def test_import_without_psycopg2_says_how_to_install_it() -> None:
     result = subprocess.run(
         [sys.executable, "-c", _IMPORT_WITHOUT_PSYCOPG2],
@@ -72,7 +119,7 @@ def test_import_without_psycopg2_says_how_to_install_it() -> None:
     assert result.returncode == 3, result.stdout + result.stderr
     message = result.stdout
     assert "'pip install psycopg2'" in message
-    assert 'pip install "psycopg2_pool[binary]"' in message
+    assert "'pip install psycopg2-binary'" in message
 
 
 def test_install_requires_leaves_psycopg2_to_the_user(setup_cfg: configparser.ConfigParser) -> None:
@@ -119,19 +166,21 @@ def test_wheel_ships_py_typed_and_optional_psycopg2(tmp_path: Path) -> None:
         timeout=540,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    (wheel,) = tmp_path.glob("psycopg2_pool-0.1.0-*.whl")
+    (wheel,) = tmp_path.glob(f"psycopg2_pool-{psycopg2_pool.__version__}-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata_path = next(n for n in names if n.endswith(".dist-info/METADATA"))
-        metadata = email.message_from_string(archive.read(metadata_path).decode())
+        meta = email.message_from_string(archive.read(metadata_path).decode())
         entry_points_path = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         entry_points = archive.read(entry_points_path).decode()
     assert "psycopg2_pool/py.typed" in names
     assert not any(name.startswith("tests/") for name in names)
     assert "psycopg2-pool = psycopg2_pool.__main__:main" in entry_points
-    unconditional = [req for req in metadata.get_all("Requires-Dist", []) if "extra ==" not in req]
+    unconditional = [req for req in meta.get_all("Requires-Dist", []) if "extra ==" not in req]
     assert {_project_name(req) for req in unconditional} == {"wrapt"}
-    assert {"binary", "embedded", "prometheus", "dev"} <= set(
-        metadata.get_all("Provides-Extra", [])
+    assert {"binary", "embedded", "prometheus", "cli", "dev"} <= set(
+        meta.get_all("Provides-Extra", [])
     )
-    assert metadata["Requires-Python"] == ">=3.9"
+    assert Version(meta["Version"]) > Version("1.2")
+    assert meta["Version"] == psycopg2_pool.__version__
+    assert meta["Requires-Python"] == ">=3.10"

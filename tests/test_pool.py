@@ -978,3 +978,25 @@ def test_putconn_twice_raises_and_pool_still_works(make_pool):
     stats = pool.get_stats()
     assert stats["pool_available"] == 1
     assert stats["pool_size"] == 1
+
+
+def test_pool_is_collected_while_a_returned_handle_is_still_referenced(dsn):
+    pool = ConnectionPool(dsn, min_size=2, open=True)
+    with pool.connection() as conn:
+        conn.execute("select 1")
+    pool.wait()
+    ref = weakref.ref(pool)
+    del pool
+    for _ in range(3):
+        gc.collect()
+    assert conn.closed  # the handle is still here, dead...
+    assert ref() is None  # ...and holds its pool only weakly
+
+
+def test_rolling_back_a_returned_connection_logs_its_status(dsn, caplog):
+    pool = ConnectionPool(dsn, min_size=1, open=True)
+    with pool, caplog.at_level(logging.WARNING, logger="psycopg2_pool"):
+        conn = pool.getconn()
+        conn.execute("select 1")
+        pool.putconn(conn)
+    assert "rolling back returned connection (INTRANS)" in caplog.text
