@@ -17,9 +17,7 @@ application brings the SDK and its exporter.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
 try:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
@@ -31,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from . import __version__
 from . import stats as S
+from ._exported import ExportedPools, StatsSource
 
 __all__ = ["COUNTERS", "GAUGES", "POOL_NAME", "PoolMetrics"]
 
@@ -68,19 +67,10 @@ COUNTERS = (
 )
 
 
-class StatsSource(Protocol):
-    """What the instruments need of a pool: a name and ``get_stats()``."""
-
-    @property
-    def name(self) -> str: ...
-
-    def get_stats(self) -> dict[str, int]: ...
-
-
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 
-class PoolMetrics:
+class PoolMetrics(ExportedPools):
     """OpenTelemetry instruments reporting the statistics of one or more pools.
 
     Make one per meter provider (it creates the instruments once) and add pools
@@ -89,6 +79,8 @@ class PoolMetrics:
     pool's ``pop_stats()``, so don't pop the stats of a pool exported here.
     """
 
+    verb = "reported"
+
     def __init__(
         self,
         *pools: StatsSource,
@@ -96,10 +88,7 @@ class PoolMetrics:
         prefix: str = PREFIX,
     ) -> None:
         self.prefix = prefix
-        self._pools: list[StatsSource] = []
-        self._lock = threading.Lock()
-        for pool in pools:
-            self.add(pool)
+        super().__init__(*pools)
         meter = get_meter("psycopg2_pool", __version__, meter_provider=meter_provider)
         for key, unit, text in GAUGES:
             meter.create_observable_gauge(
@@ -109,24 +98,6 @@ class PoolMetrics:
             meter.create_observable_counter(
                 f"{prefix}.{key}", [self._observer(key)], unit=unit, description=text
             )
-
-    @property
-    def pools(self) -> list[StatsSource]:
-        """The pools reported, in the order they were added."""
-        with self._lock:
-            return list(self._pools)
-
-    def add(self, pool: StatsSource) -> None:
-        """Report the statistics of ``pool`` too."""
-        with self._lock:
-            if any(known.name == pool.name for known in self._pools):
-                raise ValueError(f"a pool named {pool.name!r} is already reported")
-            self._pools.append(pool)
-
-    def remove(self, pool: StatsSource) -> None:
-        """Stop reporting ``pool`` (for instance after closing it)."""
-        with self._lock:
-            self._pools = [known for known in self._pools if known is not pool]
 
     def _observer(self, key: str) -> Callback:
         def observe(options: CallbackOptions) -> Iterable[Observation]:

@@ -15,9 +15,7 @@ label with the pool's name. Needs the ``prometheus`` extra
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator
-from typing import Protocol
 
 try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from . import stats as S
+from ._exported import ExportedPools, StatsSource
 
 __all__ = ["COUNTERS", "GAUGES", "PoolCollector"]
 
@@ -74,16 +73,7 @@ COUNTERS = (
 )
 
 
-class StatsSource(Protocol):
-    """What the collector needs of a pool: a name and ``get_stats()``."""
-
-    @property
-    def name(self) -> str: ...
-
-    def get_stats(self) -> dict[str, int]: ...
-
-
-class PoolCollector(Collector):
+class PoolCollector(ExportedPools, Collector):
     """A Prometheus collector of the statistics of one or more pools.
 
     Register it once (``REGISTRY.register(collector)``) and add pools to it as
@@ -95,28 +85,7 @@ class PoolCollector(Collector):
 
     def __init__(self, *pools: StatsSource, prefix: str = PREFIX) -> None:
         self.prefix = prefix
-        self._pools: list[StatsSource] = []
-        self._lock = threading.Lock()
-        for pool in pools:
-            self.add(pool)
-
-    @property
-    def pools(self) -> list[StatsSource]:
-        """The pools exported, in the order they were added."""
-        with self._lock:
-            return list(self._pools)
-
-    def add(self, pool: StatsSource) -> None:
-        """Export the statistics of ``pool`` too."""
-        with self._lock:
-            if any(known.name == pool.name for known in self._pools):
-                raise ValueError(f"a pool named {pool.name!r} is already exported")
-            self._pools.append(pool)
-
-    def remove(self, pool: StatsSource) -> None:
-        """Stop exporting ``pool`` (for instance after closing it)."""
-        with self._lock:
-            self._pools = [known for known in self._pools if known is not pool]
+        super().__init__(*pools)
 
     def _families(self) -> tuple[list[GaugeMetricFamily], list[CounterMetricFamily]]:
         gauges = [
