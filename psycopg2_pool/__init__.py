@@ -15,7 +15,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from . import _psycopg2_compat
 from .async_connection import AsyncModeNotSupported
-from .async_pool import AsyncConnectionPool, AsyncNullConnectionPool
+from .async_null_pool import AsyncNullConnectionPool
+from .async_pool import AsyncConnectionPool
 from .engine import AbstractConnectionPool
 from .errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
 from .legacy import PersistentConnectionPool, SimpleConnectionPool, ThreadedConnectionPool

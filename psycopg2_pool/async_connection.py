@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Iterable
 from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import psycopg2
 import wrapt
@@ -36,8 +36,15 @@ from .engine import status_name
 from .errors import ConnectionReturned
 from .wrapper import RETURNED
 
-if TYPE_CHECKING:
-    from .async_pool import AsyncConnectionPool
+
+class AsyncOwner(Protocol):
+    """What an asyncio handle needs of the pool it comes from."""
+
+    name: str
+    close_returns: bool
+
+    async def putconn(self, conn: Any) -> None: ...
+
 
 __all__ = [
     "AsyncConnection",
@@ -643,10 +650,10 @@ class AsyncPooledConnection(AsyncConnection):
     gives it back to the pool. Once given back, using it raises ``PoolError``.
     """
 
-    _self_pool: AsyncConnectionPool
+    _self_pool: AsyncOwner
 
     @classmethod
-    def for_pool(cls, pool: AsyncConnectionPool) -> type[AsyncPooledConnection]:
+    def for_pool(cls, pool: AsyncOwner) -> type[AsyncPooledConnection]:
         """The handle class of ``pool``."""
         # Weakly: a handle kept after its return must not keep its pool alive.
         namespace = {"_self_pool": weakref.proxy(pool), "__module__": cls.__module__}

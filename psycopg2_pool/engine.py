@@ -143,6 +143,8 @@ class AbstractConnectionPool:
         # appended, so the most recently returned goes out first; the
         # psycopg_pool-style pools put them in at the other end instead.
         self._pool: MutableSequence[Connection] = []
+        #: Keep a connection idle (subclasses that change ``_pool`` bind it again).
+        self._keep_idle: Callable[[Connection], object] = self._pool.append
         self._used: dict[Hashable, Connection] = {}  # key -> connection in use
         self._rused: dict[int, Hashable] = {}  # id(connection) -> key
         self._keys = 0
@@ -374,22 +376,30 @@ class AbstractConnectionPool:
             self._rused.pop(id(conn), None)
         return conn
 
-    def _release(self, conn: Connection) -> None:
-        """Under the lock: give ``conn`` to the longest waiting client, or keep it idle."""
+    def _release(self, conn: Connection, key: Hashable | None = None) -> None:
+        """Under the lock: give ``conn`` to the longest waiting client, or keep it idle.
+
+        The one place that decides who gets a connection ready for reuse. With
+        ``key``, the client holding it under ``key`` gives it back: its entries
+        go in the same run of plain stores, so that an interrupt (it lands
+        only at a call) never leaves it half given back.
+        """
+        cid = id(conn)
+        if key is not None:
+            del self._used[key]
         if self._waiters:
-            # Plain stores between taking the waiter out of line and waking it:
-            # an interrupt (it lands only after a call) cannot strand it.
-            cid = id(conn)
             waiter = self._waiters[0]
             del self._waiters[0]
-            key = waiter.key
+            wkey = waiter.key
             waiter.conn = conn
-            self._used[key] = conn
-            self._rused[cid] = key
+            self._used[wkey] = conn
+            self._rused[cid] = wkey
             waiter.wake()
             self._note_wait(waiter, monotonic() - waiter.since)
         else:
-            self._pool.append(conn)
+            if key is not None:
+                del self._rused[cid]
+            self._keep_idle(conn)
 
     def _putconn(self, conn: Any = None, key: Hashable | None = None, close: bool = False) -> None:
         """Put away a connection."""

@@ -1,7 +1,9 @@
-"""NullConnectionPool: psycopg_pool's pool that keeps no connection idle.
+"""NullConnectionPool: psycopg_pool's pool that keeps no connection idle, for threads.
 
 Every checkout opens a connection and every return closes it, unless a client
-is waiting for it; ``max_size`` still caps how many are open at once.
+is waiting for it; ``max_size`` still caps how many are open at once (the
+rules are :class:`~psycopg2_pool.null_policy.NullPolicy`'s). A client
+connects on a thread of its own, so that its timeout holds whatever libpq does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from .engine import FOREVER, Connection, Waiter
 from .errors import PoolTimeout
+from .null_policy import NullPolicy
 from .pool import ConnectionPool
 from .workers import Backoff
 
@@ -82,7 +85,7 @@ class _Attempt:
             return True
 
 
-class NullConnectionPool(ConnectionPool):
+class NullConnectionPool(NullPolicy, ConnectionPool):
     """A pool that opens a connection per checkout and closes it on return.
 
     Useful behind an external pooler (PgBouncer) or to cap concurrency with
@@ -90,42 +93,8 @@ class NullConnectionPool(ConnectionPool):
     means no limit.
     """
 
-    _keep_all = False
-    _queue_when_full = False  # max_size 0 means no limit: see _when_empty()
-
     def __init__(self, conninfo: Any = "", *, min_size: int = 0, **kwargs: Any) -> None:
         super().__init__(conninfo, min_size=min_size, **kwargs)
-
-    @staticmethod
-    def _check_size(min_size: Any, max_size: Any) -> tuple[int, int]:
-        if max_size is None:
-            max_size = min_size
-        if isinstance(min_size, bool) or not isinstance(min_size, int):
-            raise TypeError(f"min_size must be an integer, got {min_size!r}")
-        if isinstance(max_size, bool) or not isinstance(max_size, int):
-            raise TypeError(f"max_size must be an integer, got {max_size!r}")
-        if min_size != 0:
-            raise ValueError("null pools must have min_size = 0")
-        if max_size < min_size:
-            raise ValueError("max_size must be greater or equal than min_size")
-        return min_size, max_size
-
-    @property
-    def _limit(self) -> float:
-        return self.maxconn or float("inf")
-
-    def _start_filling(self) -> None:
-        pass  # nothing to keep, nothing to sweep
-
-    def _when_empty(self, request: Waiter) -> None:
-        if self._size() < self._limit:
-            self._reserve(request)  # the client connects (psycopg_pool does the same)
-            return
-        first = not self._waiters
-        self._enqueue(request)
-        if first:
-            # No sweep here: the first client to wait is the only one to look.
-            self._reclaim_dropped()
 
     def _open_for(self, request: Waiter, timeout: float | None = None) -> Connection:
         """Connect for ``request`` (its slot is reserved), within the client's ``timeout``.
@@ -188,56 +157,9 @@ class NullConnectionPool(ConnectionPool):
             error = exc
         attempt.finish(conn, error)
 
-    def _settle_late(self, conn: Connection | None) -> None:
-        """What an attempt brings once its client stopped waiting (its slot was
-        freed then): a connection goes to a client in line if there is room."""
-        if conn is None:
-            return
-        with self._mutex:
-            if not self.closed and self._waiters and self._size() < self._limit:
-                self._release(conn)
-                return
-        self._drop(conn)
-
     def _drop_late(self, conn: Connection | None) -> None:
         if conn is not None:
             self._drop(conn)
-
-    def _replace(self) -> None:
-        """A connection was closed rather than handed over: open one for the
-        clients waiting, if any (nobody else will)."""
-        with self._mutex:
-            if self.closed or self._workers is None or not self._waiters:
-                return
-            if self._size() >= self._limit:
-                return
-            self._spawn(1, self._add_connection)
-
-    def _add_connection(self, attempt: Backoff | None = None, growing: bool = False) -> None:
-        """Worker task: open a connection for the longest waiting client."""
-        try:
-            conn = self._new_connection()
-        except Exception as exc:
-            self._connect_failed(exc, attempt, growing)
-            return
-        with self._mutex:
-            self._pending -= 1
-            handed = not self.closed and bool(self._waiters)
-            if handed:
-                self._release(conn)
-        if not handed:
-            self._drop(conn)  # its client gave up meanwhile: a null pool keeps nothing
-
-    def _connect_failed(self, exc: Exception, attempt: Backoff | None, growing: bool) -> None:
-        with self._mutex:
-            abandoned = not self._waiters
-            if abandoned:
-                self._pending -= 1
-        if abandoned:
-            # Nobody waits for this connection any more: no retry.
-            logger.warning("error connecting in %r: %s", self.name, self._masked(exc))
-            return
-        super()._connect_failed(exc, attempt, growing)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Check that a connection can be made, trying for up to ``timeout`` seconds.
@@ -282,6 +204,4 @@ class NullConnectionPool(ConnectionPool):
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change ``max_size``; ``min_size`` must stay 0."""
-        min_size, max_size = self._check_size(min_size, max_size)
-        with self._mutex:
-            self.maxconn = max_size
+        self._resize(min_size, max_size)

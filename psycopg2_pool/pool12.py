@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator, Set
+from collections.abc import Hashable, Iterator, Set
 from contextlib import suppress
 from time import perf_counter
 from typing import Any, NoReturn
@@ -128,6 +128,7 @@ class ThreadSafeConnectionPool(AbstractConnectionPool):
         #: The idle connections, last in first out (the most recently returned is last).
         self.idle_connections: deque[Connection] = deque()
         self._pool = self.idle_connections
+        self._keep_idle = self._pool.append
         #: When each idle connection went idle, on :func:`time.perf_counter`'s
         #: clock. Lowering an entry ages the connection, as in 1.2.
         self.return_times: dict[Connection, float] = {}
@@ -266,8 +267,11 @@ class ThreadSafeConnectionPool(AbstractConnectionPool):
             expired.append(old)
         return expired
 
-    def _release(self, conn: Connection) -> None:
+    def _release(self, conn: Connection, key: Hashable | None = None) -> None:
         # No client ever waits here: a returned connection goes idle.
+        if key is not None:
+            del self._used[key]
+            del self._rused[id(conn)]
         self._pool.append(conn)
         self.return_times[conn] = perf_counter()
 

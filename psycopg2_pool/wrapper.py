@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable
 from operator import attrgetter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import wrapt
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE as _IDLE
@@ -23,8 +23,14 @@ from .transaction import Transaction
 
 logger = logging.getLogger("psycopg2_pool")
 
-if TYPE_CHECKING:
-    from .pool import ConnectionPool
+
+class Owner(Protocol):
+    """What a sync handle needs of the pool it comes from."""
+
+    name: str
+    close_returns: bool
+
+    def putconn(self, conn: Any) -> None: ...
 
 
 def _returned_error() -> ConnectionReturned:
@@ -270,10 +276,10 @@ class PooledConnection(_Handle):
 
     # Each pool makes its own subclass with ``_self_pool`` set on the class, so
     # that a handle carries nothing but the connection.
-    _self_pool: ConnectionPool
+    _self_pool: Owner
 
     @classmethod
-    def for_pool(cls, pool: ConnectionPool) -> type[PooledConnection]:
+    def for_pool(cls, pool: Owner) -> type[PooledConnection]:
         """The handle class of ``pool``."""
         # Weakly: a handle kept after its return must not keep its pool alive.
         namespace = {"_self_pool": weakref.proxy(pool), "__module__": cls.__module__}

@@ -125,6 +125,26 @@ def test_public_names():
         assert name in psycopg2_pool.__all__
 
 
+def test_sync_and_async_pools_are_siblings():
+    """As in psycopg_pool: code that tells a sync pool from an async one by
+    isinstance() is told right, and a function typed to take a ConnectionPool
+    never gets an async pool."""
+    from psycopg2_pool import ConnectionPool, NullConnectionPool
+    from psycopg2_pool.base import BasePool
+
+    for cls in (AsyncConnectionPool, AsyncNullConnectionPool):
+        assert not issubclass(cls, ConnectionPool)
+        assert issubclass(cls, BasePool)
+    for cls in (ConnectionPool, NullConnectionPool):
+        assert not issubclass(cls, AsyncConnectionPool)
+        assert issubclass(cls, BasePool)
+    assert issubclass(NullConnectionPool, ConnectionPool)
+    assert issubclass(AsyncNullConnectionPool, AsyncConnectionPool)
+    assert not issubclass(AsyncNullConnectionPool, NullConnectionPool)
+    pool = AsyncConnectionPool("", open=False)
+    assert not isinstance(pool, ConnectionPool)
+
+
 # -- open / close / warnings -------------------------------------------------------
 
 
