@@ -1,0 +1,1 @@
+"""Maintenance scripts for this repository; not part of the installed package."""
