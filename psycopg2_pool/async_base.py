@@ -46,7 +46,8 @@ from .async_connection import (
 from .async_waiting import AsyncWaiter, Filled, LoopWorkers
 from .base import BasePool
 from .core import ensure_idle
-from .engine import FOREVER, AbstractConnectionPool, Connection, Waiter, status_name
+from .decisions import Connection, status_name
+from .engine import FOREVER, AbstractConnectionPool, Waiter
 from .errors import PoolTimeout
 from .workers import Retry, Workers
 

@@ -32,7 +32,7 @@ import wrapt
 from psycopg2 import extensions as _ext
 from psycopg2 import sql as _sql
 
-from .engine import status_name
+from .decisions import status_name
 from .errors import ConnectionReturned
 from .wrapper import RETURNED
 

@@ -23,7 +23,7 @@ from . import stats as S
 from .async_base import AsyncBase, AsyncConnectionCB
 from .async_connection import AsyncPooledConnection, _run, abort_query, maybe_await
 from .async_waiting import Filled, LoopWorkers, wake
-from .engine import Connection
+from .decisions import Connection
 from .errors import PoolTimeout
 from .wrapper import RETURNED
 

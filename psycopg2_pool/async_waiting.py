@@ -17,7 +17,8 @@ from collections.abc import Callable, Coroutine, Hashable
 from time import monotonic
 from typing import Any
 
-from .engine import Connection, Waiter
+from .decisions import Connection
+from .engine import Waiter
 from .workers import Task, WeakCall, Workers
 
 __all__ = ["AsyncWaiter", "Filled", "LoopWorkers", "wake"]

@@ -17,7 +17,8 @@ from typing import Any, cast
 from psycopg2 import extensions as _ext
 
 from . import stats as S
-from .engine import Connection, Waiter
+from .decisions import Connection
+from .engine import Waiter
 from .errors import ConnectionReturned, NotFromThisPool, PoolClosed, PoolError, TooManyRequests
 from .upkeep import Upkeep
 from .workers import Workers

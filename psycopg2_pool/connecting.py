@@ -24,7 +24,7 @@ from . import stats as S
 from ._connect_options import split_options
 from ._masking import scrubbed, secrets_in
 from .core import PoolCore, ensure_idle
-from .engine import Connection
+from .decisions import Connection
 from .roles import ROLE_RETRY, role_test
 from .slot import Slot
 from .workers import Backoff, WeakCall

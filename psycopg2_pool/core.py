@@ -26,7 +26,8 @@ from psycopg2 import extensions as _ext
 from . import stats as S
 from ._connect_options import split_options
 from ._masking import mask_text, secrets_in
-from .engine import AbstractConnectionPool, Connection, Waiter, status_name
+from .decisions import Connection, Request, status_name
+from .engine import AbstractConnectionPool
 from .errors import PoolClosed, PoolError, PoolTimeout
 from .roles import asks_for_a_role
 from .slot import Slot
@@ -256,10 +257,10 @@ class PoolCore(AbstractConnectionPool):
             stacklevel=3,
         )
 
-    def _note_wait(self, waiter: Waiter, seconds: float) -> None:
+    def _note_wait(self, waiter: Request, seconds: float) -> None:
         self._wait_seconds += seconds
 
-    def _timeout_error(self, waiter: Waiter | None, timeout: float | None) -> PoolError:
+    def _timeout_error(self, waiter: Request | None, timeout: float | None) -> PoolError:
         self._stats[S.REQUESTS_ERRORS] += 1
         return PoolTimeout(f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec")
 

@@ -1,66 +1,38 @@
-"""The key-based engine that every pool of the package runs on.
+"""The key-based engine that every pool of the package runs on, for threads.
 
-It owns the idle connections, the connections in use by key, the size limit
-and the hand-over of returned connections to waiting clients. Subclasses pick
-the policies: what to do when no connection is free, and which to keep.
+:class:`AbstractConnectionPool` is psycopg2.pool's: it drives the
+:mod:`.decisions` with one lock, and carries them out: it connects, puts a
+client to sleep on a lock of its own (:class:`Waiter`) until it is served,
+restores and closes connections outside the lock. Subclasses pick the
+policies: what to do when no connection is free, and which to keep.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
-from collections import deque
-from collections.abc import Callable, Hashable, MutableSequence
+from collections.abc import Callable, Hashable
 from contextlib import suppress
 from time import monotonic
-from typing import Any, NoReturn
+from typing import Any
 
 import psycopg2
 from psycopg2 import extensions as _ext
 
 from . import _fork
 from ._masking import scrubbed, secrets_in
+from .decisions import Connection, Decisions
 from .errors import PoolError
 
-logger = logging.getLogger("psycopg2_pool")
+__all__ = ["FOREVER", "AbstractConnectionPool", "Waiter"]
 
-Connection = _ext.connection
+logger = logging.getLogger("psycopg2_pool")
 
 _IDLE = _ext.TRANSACTION_STATUS_IDLE
 _UNKNOWN = _ext.TRANSACTION_STATUS_UNKNOWN
 # psycopg2's own view: after PREPARE TRANSACTION libpq says idle but psycopg2
 # still thinks a transaction is open (and would not send BEGIN for the next).
 _READY = _ext.STATUS_READY
-_STATUS_NAMES = {
-    _ext.TRANSACTION_STATUS_IDLE: "IDLE",
-    _ext.TRANSACTION_STATUS_ACTIVE: "ACTIVE",
-    _ext.TRANSACTION_STATUS_INTRANS: "INTRANS",
-    _ext.TRANSACTION_STATUS_INERROR: "INERROR",
-    _ext.TRANSACTION_STATUS_UNKNOWN: "UNKNOWN",
-}
-
-
-def status_name(status: int) -> str:
-    """libpq's name for a transaction status, for messages."""
-    return _STATUS_NAMES.get(status, str(status))
-
-
-class AutoKey:
-    """A key the pool makes for itself.
-
-    It is equal only to itself, so it can never collide with a key a caller
-    chose: psycopg2.pool numbered its own keys 1, 2, 3... and ``getconn()``
-    followed by ``getconn(key=1)`` returned the same connection twice.
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"<auto key at 0x{id(self):x}>"
-
-
-_new_key = object.__new__
 
 #: Longer than any lock can be told to wait: a timeout this long waits for good.
 FOREVER = threading.TIMEOUT_MAX
@@ -105,7 +77,7 @@ class Waiter:
         return self._signal.acquire(True, max(timeout, 0.0))
 
 
-class AbstractConnectionPool:
+class AbstractConnectionPool(Decisions):
     """Generic key-based pooling code, as in psycopg2.pool.
 
     ``minconn`` connections are opened at once; at most ``maxconn`` (or
@@ -113,48 +85,18 @@ class AbstractConnectionPool:
     arguments are passed to :func:`psycopg2.connect`.
     """
 
-    minconn: Any
-    maxconn: Any
-    closed: bool
-
-    #: ``_getkey()`` always returns a key not in use, so a new key needs no
-    #: lookup. A subclass that overrides ``_getkey`` (some reuse keys, e.g.
-    #: thread ids) loses this unless it says so itself.
-    _fresh_keys = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "_getkey" in cls.__dict__ and "_fresh_keys" not in cls.__dict__:
-            cls._fresh_keys = False
-
     def __init__(self, minconn: int, maxconn: int, *args: Any, **kwargs: Any) -> None:
         self._setup(int(minconn), int(maxconn), args, kwargs)
         for _ in range(self.minconn):
             self._connect()
 
     def _setup(self, minconn: Any, maxconn: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        self.minconn = minconn
-        self.maxconn = maxconn
-        self.closed = False
+        self._init_state(minconn, maxconn)
         self._args = args
         self._kwargs = kwargs
-        # The names below are psycopg2.pool's: subclasses in the wild read them.
-        # Idle connections: clients take the last one (pop()). Returned ones are
-        # appended, so the most recently returned goes out first; the
-        # psycopg_pool-style pools put them in at the other end instead.
-        self._pool: MutableSequence[Connection] = []
-        #: Keep a connection idle (subclasses that change ``_pool`` bind it again).
-        self._keep_idle: Callable[[Connection], object] = self._pool.append
-        self._used: dict[Hashable, Connection] = {}  # key -> connection in use
-        self._rused: dict[int, Hashable] = {}  # id(connection) -> key
-        self._keys = 0
         # Re-entrant so that code which holds it (legacy subclasses, ``with
         # pool._lock:``) can still call the pool's methods.
         self._mutex = threading.RLock()
-        # Connections counted against the limit while they are opened, rolled
-        # back or closed outside the lock.
-        self._pending = 0
-        self._waiters: deque[Waiter] = deque()
         _fork.track(self)
 
     # -- policies: subclasses override these -----------------------------------
@@ -173,24 +115,6 @@ class AbstractConnectionPool:
                 # Closing sends one Terminate message and waits for nothing.
                 self._close_quietly(conn)
         self._reserve(request)
-
-    def _reserve(self, request: Waiter) -> None:
-        """Under the lock: count a slot for ``request``, which will connect."""
-        # Both or neither: no interrupt can land between two plain stores.
-        self._pending += 1
-        request.reserved = True
-
-    def _unreserve(self, request: Waiter) -> None:
-        """Under the lock: give back the slot ``request`` reserved, once."""
-        if request.reserved:
-            request.reserved = False
-            self._pending -= 1
-
-    #: Keep every healthy returned connection (and let idle ones time out),
-    #: rather than only up to ``minconn`` idle ones.
-    _keep_all = False
-    #: Restore every returned connection outside the lock, even idle ones.
-    _always_settle = False
 
     def _restore(self, conn: Connection) -> bool:
         """Bring a returned connection back to idle, outside the lock.
@@ -215,16 +139,6 @@ class AbstractConnectionPool:
         if broken:
             self._refill()
 
-    def _closed_error(self) -> PoolError:
-        return PoolError("connection pool is closed")
-
-    def _refuse(self) -> NoReturn:
-        """Under the lock: turn a client of a closed pool away."""
-        raise self._closed_error()
-
-    def _unkeyed_error(self, conn: Any) -> PoolError:
-        return PoolError("trying to put unkeyed connection")
-
     # -- the engine ------------------------------------------------------------
 
     def _connect(self, key: Hashable | None = None) -> Connection:
@@ -240,14 +154,6 @@ class AbstractConnectionPool:
             else:
                 self._release(conn)
         return conn
-
-    def _getkey(self) -> Hashable:
-        """Return a new unique key.
-
-        Called under the lock for each request without a key, just before the
-        client takes an idle connection (if there is one).
-        """
-        return _new_key(AutoKey)
 
     def _getconn(self, key: Hashable | None = None, timeout: float | None = None) -> Connection:
         """Get a free connection and assign it to ``key`` if not None."""
@@ -363,44 +269,6 @@ class AbstractConnectionPool:
         assert waiter.conn is not None
         return waiter.conn
 
-    def _note_wait(self, waiter: Waiter, seconds: float) -> None:
-        """Called under the lock when a waiting client is served or gives up."""
-
-    def _timeout_error(self, waiter: Waiter | None, timeout: float | None) -> PoolError:
-        return PoolError("connection pool exhausted")
-
-    def _forget(self, key: Hashable) -> Connection | None:
-        """Under the lock: stop tracking the connection held by ``key``."""
-        conn = self._used.pop(key, None)
-        if conn is not None:
-            self._rused.pop(id(conn), None)
-        return conn
-
-    def _release(self, conn: Connection, key: Hashable | None = None) -> None:
-        """Under the lock: give ``conn`` to the longest waiting client, or keep it idle.
-
-        The one place that decides who gets a connection ready for reuse. With
-        ``key``, the client holding it under ``key`` gives it back: its entries
-        go in the same run of plain stores, so that an interrupt (it lands
-        only at a call) never leaves it half given back.
-        """
-        cid = id(conn)
-        if key is not None:
-            del self._used[key]
-        if self._waiters:
-            waiter = self._waiters[0]
-            del self._waiters[0]
-            wkey = waiter.key
-            waiter.conn = conn
-            self._used[wkey] = conn
-            self._rused[cid] = wkey
-            waiter.wake()
-            self._note_wait(waiter, monotonic() - waiter.since)
-        else:
-            if key is not None:
-                del self._rused[cid]
-            self._keep_idle(conn)
-
     def _putconn(self, conn: Any = None, key: Hashable | None = None, close: bool = False) -> None:
         """Put away a connection."""
         # The count of a connection being restored must not outlive an interrupt
@@ -473,17 +341,6 @@ class AbstractConnectionPool:
             self._close_quietly(conn)
             self._discarded(conn, broken=not close and not healthy)
 
-    def _keep_restored(self, conn: Connection, healthy: bool) -> bool:
-        """Under the lock: file a restored connection, if it is to be kept."""
-        kept = (
-            healthy
-            and not self.closed
-            and bool(self._waiters or self._keep_all or len(self._pool) < self.minconn)
-        )
-        if kept:
-            self._release(conn)
-        return kept
-
     def _refill(self) -> None:
         """Open connections back up to ``minconn`` (legacy pools have no workers)."""
         while True:
@@ -511,18 +368,6 @@ class AbstractConnectionPool:
             self._close_quietly(conn)
             return
 
-    def _take_orphans(self) -> list[Connection]:
-        """Under the lock: take back connections their holder can no longer return.
-
-        A connection checked out under an automatic key that nothing outside the
-        pool references any more (its holder dropped it, or its thread died) is
-        lost to everyone: forget it and return it to the caller.
-        """
-        keys = unreferenced_keys(self._used, on_key=False)
-        if keys:
-            logger.warning("reclaiming %d connections dropped without being returned", len(keys))
-        return [conn for key in keys if (conn := self._forget(key)) is not None]
-
     def _after_fork(self) -> None:
         """In a forked child: forget the parent's connections without closing them."""
         for conn in [*self._pool, *self._used.values()]:
@@ -536,10 +381,6 @@ class AbstractConnectionPool:
         self._rused.clear()
         self._waiters.clear()
         self._pending = 0
-
-    def _size(self) -> int:
-        """Under the lock: connections open or being opened."""
-        return len(self._pool) + len(self._used) + self._pending
 
     @staticmethod
     def _close_quietly(conn: Connection) -> None:
@@ -564,43 +405,3 @@ class AbstractConnectionPool:
             self._waiters.clear()
         for conn in conns:
             self._close_quietly(conn)
-
-
-def unreferenced_keys(used: dict[Hashable, Any], *, on_key: bool) -> list[Hashable]:
-    """The keys of ``used`` whose key (or connection) nothing else references.
-
-    Only automatic keys count for connections: a caller's own key can fetch its
-    connection again at any time. The number of references the pool itself
-    holds is measured on a probe built the same way, so no interpreter detail
-    is hard-coded here.
-    """
-    probe_used: dict[Hashable, Any] = {AutoKey(): object()}
-    # The facade's id(conn) -> key map holds each key once more.
-    probe_rused = {0: next(iter(probe_used))}
-    baseline = _reference_counts(probe_used, on_key)[0][1]
-    probe_rused.clear()
-    return [key for key, refs in _reference_counts(used, on_key) if refs <= baseline]
-
-
-def held_only_by(used: dict[Hashable, Any], keys: list[Hashable]) -> list[Hashable]:
-    """Of ``keys``, those whose connection nothing but ``used`` references.
-
-    Measured against a probe as :func:`unreferenced_keys` is.
-    """
-    probe: dict[Hashable, Any] = {AutoKey(): object()}
-    baseline = _value_counts(probe, list(probe))[0]
-    return [key for key, refs in zip(keys, _value_counts(used, keys)) if refs <= baseline]
-
-
-def _value_counts(used: dict[Hashable, Any], keys: list[Hashable]) -> list[int]:
-    return [sys.getrefcount(used[key]) for key in keys]
-
-
-def _reference_counts(used: dict[Hashable, Any], on_key: bool) -> list[tuple[Hashable, int]]:
-    counts = []
-    for key, conn in used.items():
-        if on_key:
-            counts.append((key, sys.getrefcount(key)))
-        elif type(key) is AutoKey:
-            counts.append((key, sys.getrefcount(conn)))
-    return counts

@@ -21,7 +21,7 @@ from psycopg2 import extensions as _ext
 from . import stats as S
 from ._watchdog import readable_fds, run_bounded, socket_alive
 from .connecting import Connecting
-from .engine import Connection, status_name
+from .decisions import Connection, status_name
 from .errors import PoolTimeout
 from .roles import writes
 from .slot import Slot

@@ -10,7 +10,8 @@ import threading
 import warnings
 from typing import Any
 
-from .engine import AbstractConnectionPool, Connection
+from .decisions import Connection
+from .engine import AbstractConnectionPool
 
 __all__ = ["PersistentConnectionPool", "SimpleConnectionPool", "ThreadedConnectionPool"]
 

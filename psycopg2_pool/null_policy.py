@@ -13,7 +13,8 @@ import logging
 from typing import Any
 
 from .base import BasePool
-from .engine import Connection, Waiter
+from .decisions import Connection
+from .engine import Waiter
 from .workers import Backoff
 
 __all__ = ["NullPolicy"]

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
-from .engine import FOREVER, Connection, Waiter
+from .decisions import Connection
+from .engine import FOREVER, Waiter
 from .errors import PoolTimeout
 from .null_policy import NullPolicy
 from .pool import ConnectionPool

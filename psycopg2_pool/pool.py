@@ -25,7 +25,8 @@ from psycopg2 import extensions as _ext
 from . import stats as S
 from .base import BasePool
 from .core import ConnectionCB, ConninfoParam, KwargsParam, ensure_idle
-from .engine import FOREVER, Connection, Waiter
+from .decisions import Connection
+from .engine import FOREVER, Waiter
 from .errors import PoolError, PoolTimeout
 from .pool12 import ThreadSafeConnectionPool, spelled_v12
 from .roles import READ_ONLY_SQL_TRANSACTION

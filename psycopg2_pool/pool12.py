@@ -19,7 +19,8 @@ from typing import Any, NoReturn
 from psycopg2 import extensions as _ext
 
 from ._masking import mask_dsn
-from .engine import AbstractConnectionPool, Connection, Waiter
+from .decisions import Connection
+from .engine import AbstractConnectionPool, Waiter
 from .errors import NotFromThisPool, PoolClosed, PoolExhausted
 
 __all__ = ["ThreadSafeConnectionPool", "spelled_v12"]

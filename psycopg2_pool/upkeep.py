@@ -13,7 +13,7 @@ import warnings
 from time import monotonic
 from typing import Any, cast
 
-from .engine import Connection, held_only_by, unreferenced_keys
+from .decisions import Connection, held_only_by, unreferenced_keys
 from .health import Health
 from .slot import Slot
 from .wrapper import RETURNED

@@ -355,6 +355,7 @@ ROLES: tuple[tuple[str, str], ...] = (
     ("wrapper", "connections"),
     ("transaction", "connections"),
     ("engine", "engine"),
+    ("decisions", "engine"),
     ("workers", "engine"),
     ("errors", "helpers"),
     ("stats", "helpers"),
