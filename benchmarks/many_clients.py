@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import resource
 import statistics
 import threading
 import time
@@ -71,6 +72,12 @@ class _Looper(threading.Thread):
             served_at.append(got)
 
 
+def _switches() -> int:
+    """Context switches of this process so far, voluntary and not."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
+
+
 def driver_cpu_us(driver: str, dsn: str, seconds: float) -> float:
     """Process CPU µs of one ``SELECT 1`` on one connection of ``driver``, no pool, one thread.
 
@@ -110,10 +117,11 @@ def threads_on_pool(adapter: Adapter, threads: int, params: dict[str, Any]) -> R
     been served (a steady state: 2,000 threads on 8 connections take a few
     tenths of a second to go round once), but no sooner than ``warmup`` and
     no later than ``warmup_max`` seconds after the start. It lasts
-    ``window`` seconds, or three times that first round if longer (up to
-    ``window_max``), so that a thread of a fair pool is served a few times in
-    it. It runs from the main thread's first reading of the process CPU clock
-    to its second; every figure counts what happened between the two.
+    ``window`` seconds, or longer (up to ``window_max``) if needed for three
+    turns of a fair queue (``threads`` / the throughput of the warm-up), so
+    that a thread not served in it was passed over, not merely late. It runs
+    from the main thread's first reading of the process CPU clock to its
+    second; every figure counts what happened between the two.
     """
     go, stop = threading.Event(), threading.Event()
     clients = [_Looper(adapter, go, stop) for _ in range(threads)]
@@ -129,13 +137,15 @@ def threads_on_pool(adapter: Adapter, threads: int, params: dict[str, Any]) -> R
     while waiting and now() < started + params["warmup_max"] * 1e9:
         waiting = [client for client in waiting if not client.served]
         time.sleep(0.01)
-    first_round = (now() - started) / 1e9
-    window = params["window"]
-    if not waiting:
-        window = min(max(window, 3 * first_round), params["window_max"])
+    warmed = (now() - started) / 1e9
+    rate = sum(len(client.served) for client in clients) / warmed
+    cycle = threads / rate if rate else 0.0  # a fair pool serves each thread this often
+    window = min(max(params["window"], 3 * cycle), params["window_max"])
+    switches_begin = _switches()
     cpu_begin, begin = time.process_time_ns(), now()
     time.sleep(window)
     cpu_end, end = time.process_time_ns(), now()
+    switches = _switches() - switches_begin
     stop.set()
     deadline = time.monotonic() + 60
     for client in clients:
@@ -171,6 +181,9 @@ def threads_on_pool(adapter: Adapter, threads: int, params: dict[str, Any]) -> R
         "retries": _retries_between(adapter, begin, end),
         "cpu_us_per_op": (cpu_end - cpu_begin) / ops / 1000 if ops else None,
         "cpu_share": (cpu_end - cpu_begin) / (end - begin),
+        # Context switches of the process (voluntary: a thread blocked, on the
+        # GIL, a lock or the socket): each costs CPU on top of the request's.
+        "switches_per_op": switches / ops if ops else None,
         "window_s": seconds,
         "warmup_s": (begin - started) / 1e9,
         "stuck_threads": stuck,

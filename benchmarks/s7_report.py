@@ -217,6 +217,7 @@ def threads_table(doc: Document) -> str:
     header = [
         "pool", "threads", "ops/s", "µs/request", "wait p50 ms", "wait p99 ms", "wait max ms",
         "starved", "errors", "client CPU µs/request", "pool CPU µs/request",
+        "context switches/request",
     ]  # fmt: skip
     rows = []
     for pool, found in results(doc).items():
@@ -237,6 +238,7 @@ def threads_table(doc: Document) -> str:
                     errors,
                     fmt(row["cpu_us_per_op"], 1),
                     fmt(row.get("pool_cpu_us"), 1),
+                    fmt(row.get("switches_per_op")),
                 ]
             )
     return table(header, rows)
