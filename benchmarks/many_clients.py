@@ -618,7 +618,7 @@ LEFT_OUT = {
     "connect-per-request": "a connection per request, 2,000 at a time",
     "psycopg2-pool-1.2": "does not enforce maxconn: far more than 8 connections",
     "psycopg2-pool-1.2+retry": "does not enforce maxconn: far more than 8 connections",
-    "bare-fifo-handle": "bare-fifo is the floor here; the handle adds the same per request",
+    "bare-fifo-handle": "bare-fifo is the floor here; S1-S4 show what the handle adds",
 }
 
 

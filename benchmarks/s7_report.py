@@ -54,14 +54,33 @@ def throughput_kept(doc: Document, pool: str) -> Check:
         f"S7a {label} throughput at {many:,} threads >= {THROUGHPUT_KEPT:.2f}x"
         f" its throughput at {few:,}"
     )
-    found = results(doc).get(pool)
+    found = results(doc)
+    share = _kept(found.get(pool), few, many)
+    if share is None:
+        return Check(text, "not measured", None)
+    high, low = (_threads_row(found[pool], n) for n in (many, few))
+    assert high is not None and low is not None
+    measured = f"{fmt(high['ops_per_s'], 0)} / {fmt(low['ops_per_s'], 0)} = {share:.3f}x"
+    passed = share >= THROUGHPUT_KEPT
+    if not passed:
+        theirs = "psycopg_pool-with" if pool.endswith("-with") else ASYNC_PEER
+        others = {
+            other: f"{kept:.3f}x"
+            for other in (FLOOR, theirs)
+            if (kept := _kept(found.get(other), few, many)) is not None
+        }
+        measured += _beside(doc, others, asyncio=False)
+    return Check(text, measured, passed)
+
+
+def _kept(found: Row | None, few: int, many: int) -> float | None:
+    """Throughput at ``many`` threads over that at ``few``."""
     low = _threads_row(found, few) if found else None
     high = _threads_row(found, many) if found else None
     if not low or not high or not low["ops_per_s"]:
-        return Check(text, "not measured", None)
-    share = high["ops_per_s"] / low["ops_per_s"]
-    measured = f"{fmt(high['ops_per_s'], 0)} / {fmt(low['ops_per_s'], 0)} = {share:.3f}x"
-    return Check(text, measured, share >= THROUGHPUT_KEPT)
+        return None
+    share: float = high["ops_per_s"] / low["ops_per_s"]
+    return share
 
 
 def ahead_of_peers(doc: Document, pool: str) -> Check:

@@ -81,7 +81,7 @@ class LogAxis:
 
     def ticks(self) -> list[float]:
         found = self._ticks((1, 2, 5))
-        if len(found) < 3:  # a narrow range: finer steps
+        if self.high / self.low <= 10:  # a narrow range: finer steps
             found = self._ticks((1, 1.2, 1.5, 2, 3, 5, 7))
         if len(found) > 7:  # a wide one: the decades only
             found = [v for v in found if math.isclose(10 ** round(math.log10(v)), v)]
