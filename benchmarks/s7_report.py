@@ -213,7 +213,12 @@ def summary_table(doc: Document) -> str:
     labels = doc["meta"]["labels"]
     sizes = doc["scenarios"][S7]["params"]["threads"]
     header = ["pool"] + [f"ops/s, {n:,} threads" for n in sizes]
-    header += [f"{sizes[-1]:,} / {sizes[0]:,}", "starved (by size)", "pool CPU µs/request"]
+    header += [
+        f"{sizes[-1]:,} / {sizes[0]:,}",
+        "starved (by size)",
+        "pool CPU µs/request",
+        "server conns (max)",
+    ]
     rows = []
     for pool, found in results(doc).items():
         by_size = [_threads_row(found, n) for n in sizes]
@@ -226,6 +231,7 @@ def summary_table(doc: Document) -> str:
                 fmt(kept),
                 " / ".join(fmt(row["starved"]) if row else MISSING for row in by_size),
                 " / ".join(fmt(row.get("pool_cpu_us"), 1) if row else MISSING for row in by_size),
+                fmt(found.get("server_connections_max")),
             ]
         )
     return table(header, rows)
