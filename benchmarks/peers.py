@@ -83,6 +83,9 @@ class Adapter:
     acquire: Callable[[], Any]
     release: Callable[[Any], None]
     connection: Callable[[], AbstractContextManager[Any]]
+    # Checkout that gives up after the seconds given: pools whose every call takes
+    # a timeout (S7's threads timing out together), else None.
+    acquire_within: Callable[[float], Any] | None = None
     pool: Any = None
 
     def make(self, dsn: str, min_size: int, max_size: int) -> None:
@@ -91,6 +94,11 @@ class Adapter:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+
+
+def _getconn_within(pool: Any, seconds: float) -> Any:
+    """``getconn(timeout=seconds)``, for pools whose every checkout takes a timeout."""
+    return pool.getconn(timeout=seconds)
 
 
 def _prefill(adapter: Adapter, count: int) -> None:
@@ -153,6 +161,7 @@ class PsycopgPool(Adapter):
         self.pool.wait(timeout=60)
         self.acquire, self.release = self.pool.getconn, self.pool.putconn
         self.connection = self.pool.connection
+        self.acquire_within = functools.partial(_getconn_within, self.pool)
 
 
 class PsycopgPoolWith(PsycopgPool):
@@ -314,7 +323,24 @@ class BareFifo(Adapter):
                 else:
                     idle.append(conn)
 
-        self.acquire, self.release = acquire, release
+        def acquire_within(seconds: float) -> Any:
+            # Only S7 gives up waiting: a waiter that times out leaves the line
+            # itself, so the path above stays what S1-S4 measure.
+            with mutex:
+                if idle:
+                    return idle.pop()
+                waiter: list[Any] = [threading.Lock(), None]
+                waiter[0].acquire()
+                line.append(waiter)
+            if waiter[0].acquire(timeout=seconds):
+                return waiter[1]
+            with mutex:
+                if waiter[1] is not None:  # served as the wait ran out
+                    return waiter[1]
+                line.remove(waiter)  # near the front: the oldest waiters time out first
+            raise TimeoutError(f"no connection within {seconds} s")
+
+        self.acquire, self.release, self.acquire_within = acquire, release, acquire_within
 
     def close(self) -> None:
         for conn in self._conns:
@@ -349,6 +375,7 @@ class BareFifoHandle(BareFifo):
             release(conn)
 
         self.acquire, self.release = acquire_handle, release_handle
+        self.acquire_within = None  # the bare pool's would hand out no handle
 
 
 class _Dead:
@@ -429,6 +456,7 @@ class OursPool(Adapter):
         self.pool.wait(timeout=60)
         self.acquire, self.release = self.pool.getconn, self.pool.putconn
         self.connection = self.pool.connection
+        self.acquire_within = functools.partial(_getconn_within, self.pool)
 
 
 class OursPoolWith(OursPool):

@@ -1,5 +1,6 @@
 """Turn one run's results.json into results.md (tables and the targets) and
-results.png (a chart of the main figures). ``python benchmarks/report.py`` redraws."""
+results.png (a chart of the main figures), and its s7.json into s7.md and
+s7.svg (s7_report.py). ``python benchmarks/report.py`` redraws them."""
 
 from __future__ import annotations
 
@@ -534,8 +535,37 @@ behind a retry loop ("+ retry"); their PoolErrors are counted in "retried".
 """
 
 
+#: S7 (many_clients.py) has files of its own: s7.json, s7.md, s7.svg.
+OWN_FILES = {"S7": "s7"}
+
+
+def split(doc: Document) -> dict[str, Document]:
+    """A run's document by the files it is kept in: ``results`` (S1-S6) and ``s7``.
+
+    So that ``run.py --only S7`` leaves results.md of the last full run alone,
+    and the reverse.
+    """
+    parts: dict[str, dict[str, Any]] = {}
+    for scenario, data in doc["scenarios"].items():
+        parts.setdefault(OWN_FILES.get(scenario, "results"), {})[scenario] = data
+    return {stem: {"meta": doc["meta"], "scenarios": found} for stem, found in parts.items()}
+
+
 def write(doc: Document, out: Path) -> str:
-    """Write results.md and results.png into ``out``; return the text to print."""
+    """Write every report of ``doc`` into ``out``; return the text to print."""
+    texts = []
+    for stem, part in split(doc).items():
+        if stem == "results":
+            texts.append(write_suite(part, out))
+        else:
+            import s7_report
+
+            texts.append(s7_report.write(part, out))
+    return "\n\n".join(texts)
+
+
+def write_suite(doc: Document, out: Path) -> str:
+    """Write results.md and results.png (S1-S6) into ``out``; return the text to print."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(markdown(doc))
     chart(doc, out / "results.png")
@@ -552,4 +582,6 @@ if __name__ == "__main__":
     directory = (
         Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results"
     )
-    print(write(json.loads((directory / "results.json").read_text()), directory))
+    for stem in ("results", *OWN_FILES.values()):
+        if (directory / f"{stem}.json").exists():
+            print(write(json.loads((directory / f"{stem}.json").read_text()), directory))

@@ -1,5 +1,6 @@
 """Run the benchmark suite: every pool in every scenario, each (pool, scenario)
-in a fresh process, against one throwaway server; write benchmarks/results/.
+in a fresh process, against one throwaway server; write benchmarks/results/
+(results.* for S1-S6, s7.* for S7).
 
     python benchmarks/run.py [--quick] [--only S1,S3] [--pools ours,psycopg_pool] [--dsn DSN]
 """
@@ -356,7 +357,8 @@ def main(argv: list[str] | None = None) -> None:
 
     document = {"meta": meta, "scenarios": results}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(document, indent=1) + "\n")
+    for stem, part in report.split(document).items():
+        (args.out / f"{stem}.json").write_text(json.dumps(part, indent=1) + "\n")
     print(report.write(document, args.out))
 
 

@@ -1,4 +1,4 @@
-"""The six benchmark scenarios, run one pool at a time in a fresh process:
+"""The seven benchmark scenarios, run one pool at a time in a fresh process:
 ``python benchmarks/scenarios.py POOL SCENARIO --params JSON`` prints one JSON line.
 
 run.py starts these processes; the functions here do the timing with
@@ -405,6 +405,21 @@ def s6_spike(adapter: Adapter, params: dict[str, Any]) -> Result:
     }
 
 
+# -- S7: many clients (many_clients.py, which builds on the helpers above) -----------
+
+
+def s7_many_clients(adapter: Adapter, params: dict[str, Any]) -> Result:
+    import many_clients
+
+    return many_clients.run(adapter, params)
+
+
+def _many_clients(cls: type[Adapter]) -> bool:
+    import many_clients
+
+    return many_clients.applies(cls)
+
+
 # -- which pool runs where, with which settings ------------------------------------
 
 
@@ -440,6 +455,8 @@ SCENARIOS: dict[str, Scenario] = {
                  "connections_opened"),
         Scenario("S6", "spike: 50 requests, min 5 max 50, connect 150 ms", s6_spike, _growing,
                  "serve_ms", needs_proxy=True),
+        Scenario("S7", "many clients: 8-2,000 threads, 1,000-30,000 tasks, timeouts, memory",
+                 s7_many_clients, _many_clients, "ops_per_s"),
     )
 }  # fmt: skip
 
@@ -474,6 +491,10 @@ def parameters(scenario: str, quick: bool) -> dict[str, Any]:
             "settle": 0.5,
             "repeats": 1 if quick else 3,
         }
+    if scenario == "S7":
+        import many_clients
+
+        return many_clients.parameters(quick)
     raise KeyError(scenario)
 
 

@@ -6,6 +6,7 @@ here: figures belong to benchmarks/run.py.)"""
 from __future__ import annotations
 
 import sys
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import many_clients  # noqa: E402
 import peers  # noqa: E402
 import report  # noqa: E402
+import s7_report  # noqa: E402
 import scenarios  # noqa: E402
 
 # psycopg2-pool 1.2 has our import name: it only runs from its own directory,
@@ -109,3 +112,146 @@ def test_spread_is_max_wait_less_p50_in_ms() -> None:
     doc = _document({"S3": {"ours": {"wait_p50_us": 800.0, "wait_max_us": 2300.0}}})
     assert report.spread_cell(doc, "S3", "ours") == "1.50"
     assert report.spread_cell(doc, "S3", "bare-fifo") == report.MISSING
+
+
+# -- S7, many clients: every part runs, and its report is what the figures say --------
+
+TINY_S7 = {
+    "size": 2,
+    "threads": [2, 6],
+    "warmup": 0.05,
+    "warmup_max": 0.5,
+    "window": 0.1,
+    "window_max": 0.2,
+    "driver_seconds": 0.03,
+    "timeout": 0.2,
+    "timeout_threads": 20,
+    "async_size": 1,
+    "tasks": [40],
+    "starts": ["staggered", "burst"],
+    "batch": 10,
+    "tick": 0.005,
+    "memory_slots": [1, 2],
+    "memory_repeats": 1,
+    "memory_waiters": 50,
+}
+
+
+def test_s7_runs_every_part_on_ours(dsn: str) -> None:
+    result = many_clients.run(peers.ADAPTERS["ours"](), {**TINY_S7, "dsn": dsn})
+    assert [row["threads"] for row in result["threads"]] == [2, 6]
+    for row in result["threads"]:
+        assert row["starved"] == 0 and row["errors"] == 0 and row["stuck_threads"] == 0
+        assert row["ops_per_s"] > 0
+        assert row["wait_p50_us"] <= row["wait_p99_us"] <= row["wait_max_us"]
+        assert row["cpu_us_per_op"] > 0
+    timing_out = result["timing_out"]
+    assert timing_out["outcomes"] == {"PoolTimeout": 20}
+    assert timing_out["slowest_s"] >= 0.2
+    assert [(row["start"], row["outcomes"]) for row in result["tasks"]] == [
+        ("staggered", {"timed out": 40}),
+        ("burst", {"timed out": 40}),
+    ]
+    assert all(row["slowest_s"] >= 0.2 for row in result["tasks"])
+    # A waiting task costs at least a task awaiting a bare future; a pooled
+    # connection at least the driver's own.
+    waiting, idle = result["waiting"], result["idle_slot"]
+    assert waiting["waiting_task_bytes"] > waiting["parked_task_bytes"] > 0
+    assert idle["idle_slot_bytes"] > idle["driver_connection_bytes"] > 0
+
+
+def test_bare_fifo_waiter_that_times_out_leaves_the_line(dsn: str) -> None:
+    adapter = peers.ADAPTERS["bare-fifo"]()
+    with peers.opened(adapter, dsn, 1, 1):
+        assert adapter.acquire_within is not None
+        held = adapter.acquire_within(1.0)
+        with pytest.raises(TimeoutError):
+            adapter.acquire_within(0.05)
+        adapter.release(held)  # no one waits any more: it goes back among the idle
+        assert adapter.acquire_within(0.05) is held
+
+
+def _s7_document(ours_at_2000: float, slowest: float) -> dict[str, Any]:
+    def threads(ops: list[float], starved: int = 0) -> list[dict[str, Any]]:
+        return [
+            {"threads": n, "ops_per_s": o, "us_per_op": 1e6 / o, "starved": starved,
+             "errors": 0, "wait_p50_us": 1.0, "wait_p99_us": 2.0, "wait_max_us": 3.0,
+             "cpu_us_per_op": 20.0, "pool_cpu_us": 5.0}
+            for n, o in zip([8, 2000], ops)
+        ]  # fmt: skip
+
+    def tasks(slowest: float, lag: float) -> list[dict[str, Any]]:
+        return [
+            {"tasks": 1000, "start": "staggered", "slowest_s": slowest, "p50_s": 1.0,
+             "last_answer_s": slowest, "asked_within_ms": 10.0, "loop_lag_max_ms": lag,
+             "loop_lag_p99_ms": lag, "ticks_over_20ms": 0, "gc_pause_max_ms": 1.0,
+             "gc_full_collections": 0, "outcomes": {"timed out": 1000}}
+        ]  # fmt: skip
+
+    def pool(ops: list[float], label: str, slowest: float, starved: int = 0) -> dict[str, Any]:
+        return {
+            "driver_cpu_us": 15.0,
+            "threads": threads(ops, starved),
+            "async_label": label,
+            "tasks": tasks(slowest, 5.0),
+            "timing_out": {"threads": 1000, "all_answered_s": 1.1, "slowest_s": 1.1,
+                           "p50_s": 1.0, "asked_within_ms": 5.0, "outcomes": {"PoolTimeout": 1000},
+                           "unanswered": 0},
+            "idle_slot": {"idle_slot_bytes": 1000.0, "driver_connection_bytes": 700.0,
+                          "pool_bytes_per_slot": 300.0},
+            "waiting": {"waiting_task_bytes": 2000.0, "parked_task_bytes": 800.0,
+                        "pool_bytes_per_waiter": 1200.0, "kept_after_cancel_bytes": 0.0},
+        }  # fmt: skip
+
+    doc = _document(
+        {
+            "S7": {
+                "ours": pool([10_000, ours_at_2000], "ours async", slowest),
+                "psycopg_pool": pool([9_000, 7_000], "psycopg_pool async", 1.2),
+                "dbutils": pool([12_000, 9_000], "-", 1.0, starved=3),
+                "bare-fifo": pool([13_000, 11_000], "bare async", 1.05),
+            }
+        }
+    )
+    doc["meta"].update(
+        date="2026-12-02", pinning="nothing pinned", quick=True, cpus=2, machine="x86_64",
+        server_version="18", versions={"python": "3.11"},
+    )  # fmt: skip
+    doc["meta"]["drivers"] = {key: peers.ADAPTERS[key].driver for key in peers.ADAPTERS}
+    doc["scenarios"]["S7"]["params"] = {**TINY_S7, "threads": [8, 2000], "tasks": [1000]}
+    doc["scenarios"]["S7"]["params"]["starts"] = ["staggered"]
+    return doc
+
+
+def _s7_line(doc: dict[str, Any], *words: str) -> str:
+    """The target line whose text has all ``words``."""
+    return next(c.line() for c in s7_report.targets(doc) if all(w in c.text for w in words))
+
+
+def test_s7_targets_judge_ours_against_unstarved_peers_and_its_own_throughput() -> None:
+    doc = _s7_document(ours_at_2000=8_500, slowest=1.02)
+    kept = _s7_line(doc, "ours ConnectionPool getconn", "0.80x its throughput")
+    assert kept.startswith("PASS") and "0.850x" in kept
+    ahead = _s7_line(doc, "ours ConnectionPool getconn", "every peer")
+    # DBUtils is faster but starved threads: psycopg_pool is the peer to beat.
+    assert ahead.startswith("PASS") and "psycopg_pool getconn" in ahead and "DBUtils" not in ahead
+
+    doc = _s7_document(ours_at_2000=7_000, slowest=1.3)
+    assert _s7_line(doc, "ours ConnectionPool getconn", "0.80x its throughput").startswith("FAIL")
+    timeouts = _s7_line(doc, "S7b ours async", "PoolTimeout")
+    assert timeouts.startswith("FAIL")
+    assert "bare async 1.05" in timeouts and "psycopg_pool async 1.20" in timeouts
+
+
+def test_s7_report_writes_its_tables_and_the_same_svg_for_the_same_figures(
+    tmp_path: Path,
+) -> None:
+    doc = _s7_document(ours_at_2000=8_500, slowest=1.02)
+    s7_report.write(doc, tmp_path)
+    first = (tmp_path / "s7.svg").read_bytes()
+    ElementTree.fromstring(first)  # well-formed
+    s7_report.write(doc, tmp_path)
+    assert (tmp_path / "s7.svg").read_bytes() == first
+    text = (tmp_path / "s7.md").read_text()
+    assert "![S7 chart](s7.svg)" in text
+    assert "| ours ConnectionPool getconn | 10,000 | 8,500 | 0.85 |" in text
