@@ -84,15 +84,18 @@ class BasePool(Upkeep):
             raise TooManyRequests(
                 f"the pool {self.name!r} has already {len(self._waiters)} requests waiting"
             )
-        self._waiters.append(request)
+        self._waiters[request] = None
         self._stats[S.REQUESTS_QUEUED] += 1
 
     def _take_back(self, conn: Any) -> None:
-        """Take back a connection: the handle, or the real connection it wraps.
+        """Give back a connection: the handle, or the real connection it wraps.
 
-        Without I/O when it is ready for reuse (the common case); otherwise it
-        is restored (:meth:`_restore`) or closed, the engine's way.
+        A connection is taken back by its real object only once in its life.
         """
+        # ConnectionPool.putconn is this very function; the asyncio pool calls
+        # it once the connection is restored. A connection ready for reuse is
+        # filed without I/O; anything else is restored or closed, the
+        # engine's way.
         if type(conn) is self._handle_class:
             # _claim(), inlined for the common case: this is the hot path. The
             # pool's own map finds the connection for less than wrapt would.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, MutableSequence
 from time import monotonic
 from typing import Any, NoReturn, Protocol
@@ -135,7 +135,9 @@ class Decisions:
         # Connections counted against the limit while they are opened, rolled
         # back or closed outside the lock.
         self._pending = 0
-        self._waiters: deque[Request] = deque()
+        # The clients in line, first come first: an ordered dict, so that one
+        # that leaves (timed out, cancelled) costs O(1), not a scan of the line.
+        self._waiters: OrderedDict[Request, None] = OrderedDict()
 
     def _reserve(self, request: Request) -> None:
         """Under the lock: count a slot for ``request``, which will connect."""
@@ -192,8 +194,11 @@ class Decisions:
         if key is not None:
             del self._used[key]
         if self._waiters:
-            waiter = self._waiters[0]
-            del self._waiters[0]
+            # The first in line, taken out with no call (popitem() would be
+            # one): an interrupt lands only at a call, never half way here.
+            for waiter in self._waiters:  # noqa: B007 - the first one
+                break
+            del self._waiters[waiter]
             wkey = waiter.key
             waiter.conn = conn
             self._used[wkey] = conn

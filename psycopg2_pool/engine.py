@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Hashable
-from contextlib import suppress
 from time import monotonic
 from typing import Any
 
@@ -240,8 +239,7 @@ class AbstractConnectionPool(Decisions):
             self._unreserve(request)
             conn = request.conn
             if conn is None:
-                if request in self._waiters:
-                    self._waiters.remove(request)
+                self._waiters.pop(request, None)
                 return
             request.conn = None
             if self._used.get(request.key) is not conn:
@@ -260,8 +258,7 @@ class AbstractConnectionPool(Decisions):
                 if waiter.conn is None and waiter.error is None:
                     # Not in line any more if whoever took it out to serve it
                     # was interrupted before it could.
-                    with suppress(ValueError):
-                        self._waiters.remove(waiter)
+                    self._waiters.pop(waiter, None)
                     waiter.error = self._timeout_error(waiter, timeout)
                     self._note_wait(waiter, monotonic() - waiter.since)
         if waiter.error is not None:

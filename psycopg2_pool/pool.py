@@ -275,7 +275,7 @@ class ConnectionPool(BasePool):
                         # decided on growth and dropped handles; just queue.
                         self._requests += 1
                         waiter = Waiter(self._new_handle(self._handle_class))
-                        self._waiters.append(waiter)
+                        self._waiters[waiter] = None
                         self._stats[_QUEUED] += 1
                 finally:
                     try:  # noqa: SIM105 - suppress() would be a call with the lock held
@@ -463,12 +463,9 @@ class ConnectionPool(BasePool):
             if not autocommit and not conn.closed:
                 conn.autocommit = False
 
-    def putconn(self, conn: Any) -> None:
-        """Give back a connection: the handle, or the real connection it wraps.
-
-        A connection is taken back by its real object only once in its life.
-        """
-        self._take_back(conn)
+    # The shared return itself, not a method that calls it: a call less on the
+    # hot path. Its docstring is this method's.
+    putconn = BasePool._take_back
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: waiting and new clients get :class:`PoolClosed`.

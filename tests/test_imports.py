@@ -358,10 +358,18 @@ def test_the_svg_draws_unknown_modules_and_subpackages_in_the_default_colour(
 
 
 def test_the_architecture_page_draws_the_package_as_it_is() -> None:
-    """docs/architecture.svg is redrawn with the code: a module added, renamed or
-    given a new import shows up here until the command in its title is run."""
-    committed = (PACKAGE_DIR.parent / "docs" / "architecture.svg").read_text(encoding="utf-8")
-    assert committed == render_svg(PACKAGE_DIR), (
-        "docs/architecture.svg is out of date: python tools/import_graph.py --svg"
-        " docs/architecture.svg"
-    )
+    """docs/architecture.svg shows the modules and imports the code has now: a
+    module added, renamed or given a new import fails here until the command
+    in its title is run. (Line counts may lag behind: they change with every
+    edit.)"""
+    committed = ET.parse(PACKAGE_DIR.parent / "docs" / "architecture.svg").getroot()
+    boxes = {g.get("data-module") for g in committed.iter(f"{SVG}g") if g.get("data-module")}
+    arrows = {
+        (path.get("data-from"), path.get("data-to"))
+        for path in committed.iter(f"{SVG}path")
+        if path.get("data-from")
+    }
+    graph = import_graph(PACKAGE_DIR)
+    redraw = "redraw it: python tools/import_graph.py --svg docs/architecture.svg"
+    assert boxes == set(discover_modules(PACKAGE_DIR)), redraw
+    assert arrows == {(a, b) for a, targets in graph.items() for b in targets}, redraw
