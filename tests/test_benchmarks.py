@@ -10,6 +10,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
+import psycopg2.extensions
+import psycopg2.extras
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -54,6 +56,44 @@ def test_bare_handle_is_dead_once_released(dsn: str) -> None:
             handle.cursor()
         with pytest.raises(KeyError):
             adapter.release(handle)  # found again on return: a second return is refused
+
+
+def test_bare_handles_cursors_refuse_every_use_once_the_handle_went_back(dsn: str) -> None:
+    """The floor pays for the same per-cursor check ours pays to refuse stale cursors."""
+    adapter = peers.ADAPTERS["bare-fifo-handle"]()
+    with peers.opened(adapter, dsn, 1, 1):
+        handle = adapter.acquire()
+        cur = handle.cursor()
+        named = handle.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        assert isinstance(cur, psycopg2.extensions.cursor)
+        assert isinstance(named, psycopg2.extras.RealDictCursor)
+        assert type(named) is not psycopg2.extras.RealDictCursor  # a checked subclass
+        assert type(handle.cursor()) is type(cur)  # made once per class asked for
+        cur.execute("SELECT 1")
+        assert cur.connection is handle.__wrapped__
+        named.execute("SELECT 2 AS two")
+        adapter.release(handle)
+        uses = [
+            lambda: cur.execute("SELECT 1"),
+            cur.fetchone,
+            cur.fetchall,
+            lambda: cur.fetchmany(1),
+            lambda: cur.mogrify("SELECT 1"),
+            lambda: next(cur),
+            lambda: cur.connection,
+            cur.close,
+            lambda: cur.__enter__(),
+            named.fetchone,
+        ]
+        for use in uses:
+            with pytest.raises(RuntimeError, match="returned"):
+                use()
+        # The connection went back to the pool untouched: the next holder's cursor works.
+        again = adapter.acquire()
+        fresh = again.cursor()
+        fresh.execute("SELECT 3")
+        assert fresh.fetchone() == (3,)
+        adapter.release(again)
 
 
 def _document(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
