@@ -374,10 +374,17 @@ def bound(
     return beside_floors(doc, check, floors, shown(doc, scenario, key))
 
 
+def no_pool_s2(doc: Document, pool: str) -> float | None:
+    """S2's µs/op of the no-pool baseline of ``pool``'s driver."""
+    found: float | None = figure(
+        doc, "S2", NO_POOL[doc["meta"]["drivers"].get(pool, "psycopg2")], "us_per_op"
+    )
+    return found
+
+
 def own_share(doc: Document, pool: str) -> float | None:
     """What ``pool`` adds to an S2 round trip: its µs/op less no-pool's (same driver)."""
-    mine = figure(doc, "S2", pool, "us_per_op")
-    base = figure(doc, "S2", NO_POOL[doc["meta"]["drivers"].get(pool, "psycopg2")], "us_per_op")
+    mine, base = figure(doc, "S2", pool, "us_per_op"), no_pool_s2(doc, pool)
     return mine - base if mine is not None and base is not None else None
 
 
@@ -396,8 +403,7 @@ def s2_share(doc: Document, pool: str, limit: float = 1.25) -> Check:
         measured = f"{fmt(mine)} / {fmt(floor)} µs = {mine / floor:.3f}x"
     else:  # noise: no pool can cost less than none; ours must then add nothing either
         measured = f"{fmt(mine)} µs against {fmt(floor)} µs: the floor added nothing measurable"
-    base = figure(doc, "S2", NO_POOL[doc["meta"]["drivers"].get(pool, "psycopg2")], "us_per_op")
-    measured += f" (no pool {fmt(base)} µs/op)"
+    measured += f" (no pool {fmt(no_pool_s2(doc, pool))} µs/op)"
     check = Check(text, measured, mine <= limit * max(floor, 0.0))
 
     def share(other: str) -> str | None:
@@ -487,7 +493,7 @@ def s4_share(doc: Document, pool: str, share: float = 0.97) -> Check:
         return Check(text, "not measured", None)
     check = Check(
         text,
-        f"{fmt(value, 1)} / {fmt(ceiling, 1)} = {100 * value / ceiling:.1f}%",
+        f"{fmt(value, 1)} / {fmt(ceiling, 1)} = {100 * value / ceiling:.2f}%",
         value >= share * ceiling,
     )
 

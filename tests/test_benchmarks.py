@@ -266,9 +266,9 @@ def _s4(ours: float, ceiling: float | None = 90.0) -> dict[str, Any]:
 
 def test_s4_share_is_judged_against_the_ceiling_of_the_same_run() -> None:
     line = _line(_s4(87.3), "S4", GETCONN, "ceiling")
-    assert line.startswith("PASS") and "87.3 / 90.0 = 97.0%" in line
+    assert line.startswith("PASS") and "87.3 / 90.0 = 97.00%" in line
     line = _line(_s4(87.2), "S4", GETCONN, "ceiling")
-    assert line.startswith("FAIL") and "96.9%" in line
+    assert line.startswith("FAIL") and "87.2 / 90.0 = 96.89%" in line
     assert "bare FIFO pool (no handle) 85.5 (95.0%)" in line
     assert "no pool, 8 threads 88.2 (98.0%)" in line
     assert _line(_s4(87.2, ceiling=None), "S4", GETCONN, "ceiling").startswith("n/a")
