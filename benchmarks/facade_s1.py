@@ -16,7 +16,9 @@ from environment import alternate, benchmark_server, default_cpu, ratio_line
 
 from psycopg2_pool import ConnectionPool  # on sys.path once environment is imported
 
-TARGET = 0.6  # ours must take at most 60% of psycopg_pool's time
+# Ours must take at most this share of psycopg_pool's time (issue 19).
+TARGET_GETCONN = 0.5
+TARGET_WITH = 0.4
 
 
 def getconn_putconn(pool: Any) -> Callable[[int], None]:
@@ -67,8 +69,8 @@ def main() -> None:
     print(f"S1 ConnectionPool vs psycopg_pool 3.3, one thread, {target.pinning}")
     for name, values in timings.items():
         print(f"  {name:22} median {statistics.median(values):.3f} µs/op  (rounds: {len(values)})")
-    print(ratio_line(timings, "ours getconn", "psycopg_pool getconn", TARGET))
-    print(ratio_line(timings, "ours with", "psycopg_pool with", TARGET))
+    print(ratio_line(timings, "ours getconn", "psycopg_pool getconn", TARGET_GETCONN))
+    print(ratio_line(timings, "ours with", "psycopg_pool with", TARGET_WITH))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from environment import alternate, benchmark_server, default_cpu, ratio_line
 
 from psycopg2_pool import ThreadedConnectionPool  # on sys.path once environment is imported
 
-TARGET = 1.10  # ours may cost at most 10% more than psycopg2.pool's
+TARGET = 1.05  # ours may cost at most 5% more than psycopg2.pool's (issue 19)
 
 
 def cycle(pool: Any) -> Callable[[int], None]:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, cast
 
 import psycopg2
 import psycopg2.extensions
@@ -349,7 +349,8 @@ class BareFifo(Adapter):
 
 class BareFifoHandle(BareFifo):
     """The bare FIFO pool plus the least our contract asks of a handle: a wrapt
-    proxy made for each checkout, found again on return, and dead afterwards.
+    proxy made for each checkout, found again on return, and dead afterwards,
+    and cursors that refuse every use once their handle went back.
 
     The floor under any pool that hands out such handles (ours does).
     """
@@ -360,7 +361,7 @@ class BareFifoHandle(BareFifo):
     def make(self, dsn: str, min_size: int, max_size: int) -> None:
         super().make(dsn, min_size, max_size)
         acquire, release = self.acquire, self.release
-        handle_class, dead = _handle_class(), _Dead()
+        handle_class = _handle_class()
         in_use: dict[Any, Any] = {}
 
         def acquire_handle() -> Any:
@@ -371,7 +372,7 @@ class BareFifoHandle(BareFifo):
 
         def release_handle(handle: Any) -> None:
             conn = in_use.pop(handle)
-            handle.__wrapped__ = dead
+            handle.__wrapped__ = DEAD
             release(conn)
 
         self.acquire, self.release = acquire_handle, release_handle
@@ -385,17 +386,81 @@ class _Dead:
         raise RuntimeError("returned to the pool")
 
 
+DEAD = _Dead()
+
+Cursor = psycopg2.extensions.cursor
+
+#: The cursor methods that reach the connection or its results: a bare
+#: handle's cursor checks, before each, that its handle is still checked out.
+_CURSOR_USES = (
+    "execute", "executemany", "callproc", "mogrify", "fetchone", "fetchmany", "fetchall",
+    "scroll", "copy_from", "copy_to", "copy_expert", "cast", "nextset", "close",
+    "__next__", "__enter__", "__exit__",
+)  # fmt: skip
+
+#: One checked subclass per cursor class asked for, made on first use.
+_checked_cursor_classes: dict[type[Cursor], type[Cursor]] = {}
+
+
+def _checked(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method``, refused once the cursor's handle went back to the pool."""
+
+    def use(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._handle.__wrapped__ is DEAD:
+            raise RuntimeError("returned to the pool")
+        return method(self, *args, **kwargs)
+
+    return use
+
+
+_connection_of: Any = vars(Cursor)["connection"]
+
+
+def _checked_connection(self: Any) -> Any:
+    if self._handle.__wrapped__ is DEAD:
+        raise RuntimeError("returned to the pool")
+    return _connection_of.__get__(self)
+
+
+def _checked_cursor_class(factory: type[Cursor]) -> type[Cursor]:
+    """The subclass of ``factory`` whose every use first checks the cursor's handle."""
+    checked = _checked_cursor_classes.get(factory)
+    if checked is None:
+        namespace: dict[str, Any] = {
+            name: _checked(getattr(factory, name))
+            for name in _CURSOR_USES
+            if hasattr(factory, name)
+        }
+        namespace["__slots__"] = ("_handle",)
+        namespace["connection"] = property(_checked_connection)
+        checked = _checked_cursor_classes[factory] = type(
+            f"Checked{factory.__name__}", (factory,), namespace
+        )
+    return checked
+
+
 @functools.cache
 def _handle_class() -> type[Any]:
     import wrapt
 
-    class Handle(wrapt.BaseObjectProxy):  # type: ignore[misc]
+    class Handle(wrapt.BaseObjectProxy[Any]):
         # A key of the in-use map: it hashes as itself, not as the connection.
         __hash__ = object.__hash__
         __eq__ = object.__eq__
-        # As ours: the attribute each request uses, without wrapt's failed lookup.
-        cursor = property(operator.attrgetter("__wrapped__.cursor"))
         __wrapped_setattr_fixups__ = staticmethod(int)
+
+        def cursor(
+            self,
+            name: str | None = None,
+            cursor_factory: type[Cursor] | None = None,
+            **options: Any,
+        ) -> Cursor:
+            """A cursor of the class asked for, checked: dead once this handle went back."""
+            conn = self.__wrapped__
+            factory = cursor_factory or conn.cursor_factory or Cursor
+            cur: Any = conn.cursor(name, _checked_cursor_class(factory), **options)
+            cur._handle = self
+            return cast(Cursor, cur)
 
     return Handle
 

@@ -10,6 +10,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
+import psycopg2.extensions
+import psycopg2.extras
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -56,6 +58,44 @@ def test_bare_handle_is_dead_once_released(dsn: str) -> None:
             adapter.release(handle)  # found again on return: a second return is refused
 
 
+def test_bare_handles_cursors_refuse_every_use_once_the_handle_went_back(dsn: str) -> None:
+    """The floor pays for the same per-cursor check ours pays to refuse stale cursors."""
+    adapter = peers.ADAPTERS["bare-fifo-handle"]()
+    with peers.opened(adapter, dsn, 1, 1):
+        handle = adapter.acquire()
+        cur = handle.cursor()
+        named = handle.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        assert isinstance(cur, psycopg2.extensions.cursor)
+        assert isinstance(named, psycopg2.extras.RealDictCursor)
+        assert type(named) is not psycopg2.extras.RealDictCursor  # a checked subclass
+        assert type(handle.cursor()) is type(cur)  # made once per class asked for
+        cur.execute("SELECT 1")
+        assert cur.connection is handle.__wrapped__
+        named.execute("SELECT 2 AS two")
+        adapter.release(handle)
+        uses = [
+            lambda: cur.execute("SELECT 1"),
+            cur.fetchone,
+            cur.fetchall,
+            lambda: cur.fetchmany(1),
+            lambda: cur.mogrify("SELECT 1"),
+            lambda: next(cur),
+            lambda: cur.connection,
+            cur.close,
+            lambda: cur.__enter__(),
+            named.fetchone,
+        ]
+        for use in uses:
+            with pytest.raises(RuntimeError, match="returned"):
+                use()
+        # The connection went back to the pool untouched: the next holder's cursor works.
+        again = adapter.acquire()
+        fresh = again.cursor()
+        fresh.execute("SELECT 3")
+        assert fresh.fetchone() == (3,)
+        adapter.release(again)
+
+
 def _document(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     keys = {pool for scenario in results.values() for pool in scenario}
     return {
@@ -71,41 +111,168 @@ def _document(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
-def _s2_line(doc: dict[str, Any]) -> str:
-    return next(c.line() for c in report.targets(doc) if c.text.startswith("S2 ours "))
+def _line(doc: dict[str, Any], *words: str) -> str:
+    """The one S1-S6 target line whose text has all ``words``."""
+    found = [c.line() for c in report.targets(doc) if all(w in c.text for w in words)]
+    assert len(found) == 1, found
+    return found[0]
 
 
-def test_a_failed_s2_target_shows_the_floors_measured_beside_it() -> None:
+GETCONN, WITH = "ours ConnectionPool getconn", "ours ConnectionPool with"
+
+
+def test_the_targets_are_issue_19s_and_only_those() -> None:
+    texts = [c.text for c in report.targets(_document({}))]
+    assert len(texts) == 24
+    assert all(c.passed is None for c in report.targets(_document({})))
+    assert not any("every peer" in t or ("S3" in t and "fairness" in t) for t in texts)
+    assert "S2 ours ConnectionPool getconn time per op vs psycopg2.pool Threaded <= 1.15x" in texts
+    assert not any("S2 ours ConnectionPool with time per op" in t for t in texts)
+
+
+def test_s1_targets_judge_the_ratios_and_a_failure_shows_the_floors() -> None:
     doc = _document(
         {
+            "S1": {
+                "ours-legacy": {"us_per_op": 1.05},
+                "psycopg2-threaded": {"us_per_op": 1.0},
+                "ours": {"us_per_op": 1.5},
+                "psycopg_pool": {"us_per_op": 3.0},
+                "ours-with": {"us_per_op": 2.5},
+                "psycopg_pool-with": {"us_per_op": 5.0},
+                "bare-fifo": {"us_per_op": 0.5},
+                "bare-fifo-handle": {"us_per_op": 1.2},
+            }
+        }
+    )
+    legacy = _line(doc, "S1", "ThreadedConnectionPool")
+    assert legacy.startswith("PASS") and "<= 1.05x" in legacy and "1.050x" in legacy
+    getconn = _line(doc, "S1", GETCONN)
+    assert getconn.startswith("PASS") and "<= 0.50x" in getconn and "in this run" not in getconn
+    with_ = _line(doc, "S1", WITH)
+    assert with_.startswith("FAIL") and "<= 0.40x" in with_ and "0.500x" in with_
+    # The floors' own ratio to psycopg_pool's with, in this run.
+    assert "bare FIFO pool (no handle) 0.100x" in with_
+    assert "bare FIFO pool + wrapt handle 0.240x" in with_
+
+    doc["scenarios"]["S1"]["results"]["ours-legacy"]["us_per_op"] = 1.06
+    legacy = _line(doc, "S1", "ThreadedConnectionPool")
+    # Ours hands out raw connections there: the floor is the pool with no handle.
+    assert legacy.startswith("FAIL") and "bare FIFO pool (no handle) 0.500x" in legacy
+    assert "wrapt handle" not in legacy.split(":", 1)[1]
+
+
+def _s2(ours: float, ours_with: float, threaded: float = 15.0) -> dict[str, Any]:
+    return _document(
+        {
             "S2": {
-                "ours": {"us_per_op": 13.0},
+                "ours": {"us_per_op": ours},
+                "ours-with": {"us_per_op": ours_with},
                 "no-pool": {"us_per_op": 10.0},
+                "psycopg2-threaded": {"us_per_op": threaded},
                 "bare-fifo": {"us_per_op": 10.5},
                 "bare-fifo-handle": {"us_per_op": 12.0},
             }
         }
     )
-    line = _s2_line(doc)
-    assert line.startswith("FAIL")
-    assert "1.300x" in line
-    assert "bare FIFO pool (no handle) 1.050x" in line
-    assert "bare FIFO pool + wrapt handle 1.200x" in line
 
 
-def test_a_passed_target_carries_no_floors() -> None:
+def test_s2_share_is_the_pools_us_over_no_pool_against_the_handle_floors() -> None:
+    # Floor: 12 - 10 = 2 µs; 1.25x of it is 2.5 µs over no pool.
+    doc = _s2(ours=12.5, ours_with=12.6)
+    getconn = _line(doc, "S2", GETCONN, "share")
+    assert getconn.startswith("PASS") and "2.50 / 2.00 µs = 1.250x" in getconn
+    with_ = _line(doc, "S2", WITH, "share")
+    assert with_.startswith("FAIL") and "2.60 / 2.00 µs = 1.300x" in with_
+    assert "(no pool 10.0 µs/op)" in with_
+    assert "bare FIFO pool (no handle) 0.50 µs" in with_
+
+
+def test_s2_share_against_a_floor_that_added_nothing_is_still_judged() -> None:
+    doc = _s2(ours=10.4, ours_with=10.0)
+    doc["scenarios"]["S2"]["results"]["bare-fifo-handle"]["us_per_op"] = 9.9
+    assert _line(doc, "S2", GETCONN, "share").startswith("FAIL")
+    with_ = _line(doc, "S2", WITH, "share")
+    assert with_.startswith("PASS") and "added nothing measurable" in with_
+
+
+def test_s2_getconn_within_115_percent_of_psycopg2s_threaded_pool() -> None:
+    line = _line(_s2(ours=17.25, ours_with=20.0), "S2", "psycopg2.pool Threaded")
+    assert line.startswith("PASS") and "1.150x" in line
+    line = _line(_s2(ours=17.4, ours_with=20.0), "S2", "psycopg2.pool Threaded")
+    assert line.startswith("FAIL") and "1.160x" in line
+    assert "bare FIFO pool + wrapt handle 0.800x" in line
+
+
+def _s3(**ours: float) -> dict[str, Any]:
+    def row(ops: float, p50: float, p99: float, worst: float, **extra: Any) -> dict[str, Any]:
+        waits = {"wait_p50_us": p50, "wait_p99_us": p99, "wait_max_us": worst}
+        return {"ops_per_s": ops, "errors": 0, "starved": 0, **waits, **extra}
+
+    mine = {"ops": 30_000.0, "p50": 800.0, "p99": 1_600.0, "worst": 2_000.0, **ours}
+    return _document(
+        {
+            "S3": {
+                "ours": row(mine["ops"], mine["p50"], mine["p99"], mine["worst"],
+                            machine_stalls=1, machine_stall_max_ms=4.0),
+                "psycopg_pool": row(20_000.0, 1_200.0, 2_400.0, 2_500.0, machine_stalls=0),
+                "bare-fifo": row(36_000.0, 600.0, 1_800.0, 2_600.0),
+                "bare-fifo-handle": row(34_000.0, 700.0, 1_400.0, 2_000.0),
+            }
+        }
+    )  # fmt: skip
+
+
+def test_s3_targets_pass_when_ours_is_fast_short_waited_and_even() -> None:
+    doc = _s3()
+    for words in (("errors",), ("starved",), ("throughput",), ("longest wait",), ("p99",)):
+        assert _line(doc, "S3", GETCONN, *words).startswith("PASS"), words
+    assert "1.500x" in _line(doc, "S3", GETCONN, "throughput")
+    assert "1,600 / 800 µs = 2.000x" in _line(doc, "S3", GETCONN, "p99")
+
+
+def test_s3_failures_show_the_floors_and_the_machines_stalls() -> None:
+    doc = _s3(ops=29_000.0, p99=2_100.0, worst=3_000.0)
+    doc["scenarios"]["S3"]["results"]["ours"].update(errors=2, starved=1)
+    assert _line(doc, "S3", GETCONN, "errors").startswith("FAIL")
+    assert _line(doc, "S3", GETCONN, "starved").startswith("FAIL")
+    throughput = _line(doc, "S3", GETCONN, "throughput")
+    assert throughput.startswith("FAIL") and "bare FIFO pool (no handle) 1.800x" in throughput
+    longest = _line(doc, "S3", GETCONN, "longest wait")
+    assert longest.startswith("FAIL") and "3,000 / 2,500 = 1.200x" in longest
+    assert "ours ConnectionPool getconn 1, up to 4.0 ms" in longest
+    assert "psycopg_pool getconn none" in longest
+    assert "bare FIFO pool + wrapt handle 0.800x" in longest
+    spread = _line(doc, "S3", GETCONN, "p99")
+    assert spread.startswith("FAIL") and "2.625x" in spread
+    assert "bare FIFO pool (no handle) 3.000x" in spread
+    assert "bare FIFO pool + wrapt handle 2.000x" in spread
+
+
+def _s4(ours: float, ceiling: float | None = 90.0) -> dict[str, Any]:
     doc = _document(
         {
-            "S2": {
-                "ours": {"us_per_op": 10.5},
-                "no-pool": {"us_per_op": 10.0},
-                "bare-fifo-handle": {"us_per_op": 12.0},
+            "S4": {
+                "ours": {"pct_of_ideal": ours, "fairness": 1.5},
+                "bare-fifo": {"pct_of_ideal": 85.5, "fairness": 1.4},
+                "no-pool-8": {"pct_of_ideal": 88.2, "fairness": 150.0},
             }
         }
     )
-    line = _s2_line(doc)
-    assert line.startswith("PASS")
-    assert "in this run" not in line
+    if ceiling is not None:
+        doc["scenarios"]["S4"]["ceiling_pct"] = ceiling
+    return doc
+
+
+def test_s4_share_is_judged_against_the_ceiling_of_the_same_run() -> None:
+    line = _line(_s4(87.3), "S4", GETCONN, "ceiling")
+    assert line.startswith("PASS") and "87.3 / 90.0 = 97.00%" in line
+    line = _line(_s4(87.2), "S4", GETCONN, "ceiling")
+    assert line.startswith("FAIL") and "87.2 / 90.0 = 96.89%" in line
+    assert "bare FIFO pool (no handle) 85.5 (95.0%)" in line
+    assert "no pool, 8 threads 88.2 (98.0%)" in line
+    assert _line(_s4(87.2, ceiling=None), "S4", GETCONN, "ceiling").startswith("n/a")
+    assert _line(_s4(87.2), "S4", GETCONN, "fairness").startswith("PASS")
 
 
 def test_spread_is_max_wait_less_p50_in_ms() -> None:
