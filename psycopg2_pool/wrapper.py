@@ -122,11 +122,35 @@ _guarded_cursor_classes: dict[type[Cursor], type[Cursor]] = {}
 _GUARDED_ATTRIBUTE = "_psycopg2_pool_guarded"
 
 
+#: psycopg2's own cursor methods that take no argument, and its execute():
+#: their guards take the arguments as they are, with no packing, as they run
+#: on every request.
+_NO_ARGUMENTS = frozenset(vars(Cursor)[name] for name in ("fetchone", "fetchall", "close"))
+_EXECUTE = vars(Cursor)["execute"]
+
+
 def _guarded_use(method: Any) -> Any:
-    def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._pool_handle.__wrapped__ is RETURNED:
-            raise _returned_error()
-        return method(self, *args, **kwargs)
+    guarded: Callable[..., Any]
+    if method in _NO_ARGUMENTS:
+
+        def guarded(self: Any) -> Any:
+            if self._pool_handle.__wrapped__ is RETURNED:
+                raise _returned_error()
+            return method(self)
+
+    elif method is _EXECUTE:
+
+        def guarded(self: Any, query: Any, vars: Any = None) -> Any:
+            if self._pool_handle.__wrapped__ is RETURNED:
+                raise _returned_error()
+            return method(self, query, vars)
+
+    else:
+
+        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._pool_handle.__wrapped__ is RETURNED:
+                raise _returned_error()
+            return method(self, *args, **kwargs)
 
     guarded.__name__ = method.__name__
     guarded.__qualname__ = getattr(method, "__qualname__", method.__name__)
@@ -234,13 +258,20 @@ class _Handle(_Proxy):
         """A new cursor, as the connection's; it is dead once the handle went back."""
         conn = self.__wrapped__
         factory = cursor_factory or conn.cursor_factory or Cursor
+        guarded = _guarded_cursor_classes.get(factory)
+        if guarded is not None and name is None:
+            # The common case, with no call of our own: psycopg2's cursor class
+            # (or another C one) guarded already, an unnamed cursor.
+            cur: Any = conn.cursor(None, guarded)
+            cur._pool_handle = self
+            return cast(Cursor, cur)
         # psycopg2 refuses scrollable/withhold on unnamed cursors, even unset.
         options = {} if name is None else {"scrollable": scrollable, "withhold": withhold}
         if not isinstance(factory, type):
             # A factory function: its cursors cannot be guarded by subclassing.
             unguarded: Cursor = conn.cursor(name, factory, **options)
             return unguarded
-        cur: Any = conn.cursor(name, guarded_cursor_class(factory), **options)
+        cur = conn.cursor(name, guarded_cursor_class(factory), **options)
         cur._pool_handle = self
         return cast(Cursor, cur)
 
