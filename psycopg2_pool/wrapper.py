@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable
 from operator import attrgetter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 import wrapt
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE as _IDLE
@@ -262,18 +262,20 @@ class _Handle(_Proxy):
         if guarded is not None and name is None:
             # The common case, with no call of our own: psycopg2's cursor class
             # (or another C one) guarded already, an unnamed cursor.
-            cur: Any = conn.cursor(None, guarded)
-            cur._pool_handle = self
-            return cast(Cursor, cur)
+            made: Any = conn.cursor(None, guarded)
+            made._pool_handle = self
+            cur: Cursor = made  # no cast(): a call on every request
+            return cur
         # psycopg2 refuses scrollable/withhold on unnamed cursors, even unset.
         options = {} if name is None else {"scrollable": scrollable, "withhold": withhold}
         if not isinstance(factory, type):
             # A factory function: its cursors cannot be guarded by subclassing.
             unguarded: Cursor = conn.cursor(name, factory, **options)
             return unguarded
-        cur = conn.cursor(name, guarded_cursor_class(factory), **options)
-        cur._pool_handle = self
-        return cast(Cursor, cur)
+        made = conn.cursor(name, guarded_cursor_class(factory), **options)
+        made._pool_handle = self
+        cur = made
+        return cur
 
     def execute(self, query: Any, params: Any = None) -> Cursor:
         """Execute ``query`` on a new cursor and return the cursor, as psycopg 3 does."""
