@@ -277,6 +277,8 @@ class AsyncBase(BasePool):
 
     def _restore(self, conn: Connection) -> bool:
         # The sync pool's restore, minus the I/O: done by _restore_async already.
+        if conn.closed == 2:  # broken, not closed by its user
+            self._lost_server(conn)
         return not conn.closed and conn.get_transaction_status() == _IDLE
 
     @staticmethod
