@@ -56,7 +56,7 @@ def test_a_host_that_timed_out_is_tried_last_by_the_next_connects(
         ports = {conn.info.port for conn in held}
         for conn in held:
             pool.putconn(conn)
-    assert first >= 2.0  # libpq gave the silent host its connect_timeout once
+    assert first > 1.0  # libpq gave the silent host its connect_timeout once
     assert ports == {int(parse_dsn(dsn).get("port") or 5432)}
     assert more < 1.0, f"3 more connections took {more:.2f} s"
 
