@@ -188,16 +188,35 @@ class AsyncBase(BasePool):
                 self._raise_timeout(timeout)
             if delay:
                 await asyncio.sleep(delay)
-            left = deadline - monotonic()
-            if left <= 0:
-                self._raise_timeout(timeout)
-            try:
-                got: Any = self._getconn(self._retry_key(), left)
-                conn = await got if type(got) is CoroutineType else got
-            except PoolTimeout:  # counted already
-                raise PoolTimeout(
-                    f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec"
-                ) from None
+            conn = await self._next_candidate_async(deadline, timeout)
+            if self._roles:
+                conn = await self._in_role_async(conn, deadline, timeout)
+
+    async def _in_role_async(self, conn: Connection, deadline: float, timeout: float) -> Connection:
+        """The sync pool's ``_in_role``: never hand out a connection whose server
+        left the role asked for; it goes, with its siblings, and the client gets
+        the next one."""
+        while True:
+            life = self._slots.get(id(conn))
+            if life is None or life.off_role is None or conn.closed or not life.off_role(conn):
+                return conn
+            self._retire_server(life.server, "at checkout")
+            self._discard_checked_out(conn, lost=False)
+            conn = await self._next_candidate_async(deadline, timeout)
+
+    async def _next_candidate_async(self, deadline: float, timeout: float) -> Connection:
+        """The sync pool's ``_next_candidate``: the next connection, in the time left."""
+        left = deadline - monotonic()
+        if left <= 0:
+            self._raise_timeout(timeout)
+        try:
+            got: Any = self._getconn(self._retry_key(), left)
+            conn: Connection = await got if type(got) is CoroutineType else got
+        except PoolTimeout:  # counted already
+            raise PoolTimeout(
+                f"couldn't get a connection from {self.name!r} after {timeout:.2f} sec"
+            ) from None
+        return conn
 
     def _raise_timeout(self, timeout: float) -> NoReturn:
         with self._mutex:
@@ -277,6 +296,8 @@ class AsyncBase(BasePool):
 
     def _restore(self, conn: Connection) -> bool:
         # The sync pool's restore, minus the I/O: done by _restore_async already.
+        if conn.closed == 2:  # broken, not closed by its user
+            self._lost_server(conn)
         return not conn.closed and conn.get_transaction_status() == _IDLE
 
     @staticmethod

@@ -291,10 +291,30 @@ async def connect(
     )
     try:
         await wait_ready(conn, deadline)
+    except psycopg2.OperationalError:
+        if deadline is None or monotonic() < deadline:
+            conn.close()
+            raise
+        # Out of time: name the host it was on, as libpq does (a pool then
+        # tries that host last next time: see hosts.py).
+        where = _trying(conn)
+        conn.close()
+        raise psycopg2.OperationalError(f"{where} failed: timeout expired") from None
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _trying(conn: Connection) -> str:
+    """The server a connection still being made is trying, in libpq's words."""
+    try:
+        host, port = conn.info.host, conn.info.port
+    except psycopg2.Error:  # pragma: no cover - libpq always knows
+        return "connection"
+    if not host or host.startswith(("/", "@")):
+        return f'connection to server on socket "{host}/.s.PGSQL.{port}"'
+    return f'connection to server at "{host}", port {port}'
 
 
 # -- cursors --------------------------------------------------------------------

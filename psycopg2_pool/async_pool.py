@@ -25,6 +25,7 @@ from .async_connection import AsyncPooledConnection, _run, abort_query, maybe_aw
 from .async_waiting import Filled, LoopWorkers, wake
 from .decisions import Connection
 from .errors import PoolTimeout
+from .roles import READ_ONLY_SQL_TRANSACTION
 from .wrapper import RETURNED
 
 __all__ = ["AsyncConnectionPool"]
@@ -60,10 +61,19 @@ class _AsyncConnectionContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        pool = self.pool
         try:
+            if (
+                exc_type is not None
+                and pool._roles
+                and getattr(exc, "pgcode", None) == READ_ONLY_SQL_TRANSACTION
+            ):
+                conn = pool._used.get(self.handle)
+                if conn is not None:  # not given back inside the block already
+                    pool._read_only_error(conn)
             await self.handle.__aexit__(exc_type, exc, tb)
         finally:
-            self.pool._usage_seconds += monotonic() - self.started
+            pool._usage_seconds += monotonic() - self.started
 
     def __enter__(self) -> NoReturn:
         raise TypeError("use 'async with pool.connection() as conn' with an async pool")
@@ -244,6 +254,8 @@ class AsyncConnectionPool(AsyncBase):
         deadline = monotonic() + timeout
         got: Any = self._getconn(None, timeout)
         conn: Connection = await got if type(got) is CoroutineType else got
+        if self._roles:
+            conn = await self._in_role_async(conn, deadline, timeout)
         if self._acheck is not None:
             conn = await self._checked_async(conn, deadline, timeout)
         handle: Any = self._rused[id(conn)]

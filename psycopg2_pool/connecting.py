@@ -107,6 +107,8 @@ class Connecting(PoolCore):
                 # a worker (or a client) all along. No attempt outlasts the time
                 # the pool gives reconnecting (libpq's minimum is 2 seconds).
                 arguments["connect_timeout"] = max(math.ceil(self.reconnect_timeout), 2)
+        # Several hosts: the ones that failed lately last (see hosts.py).
+        self._hosts.plan(arguments, monotonic())
         return arguments
 
     def _connect_attempt(self) -> float:
@@ -119,6 +121,8 @@ class Connecting(PoolCore):
         """Count a failed attempt; the error to raise, its passwords masked."""
         with self._mutex:
             self._stats[S.CONNECTIONS_ERRORS] += 1
+        if self._hosts.several:
+            self._hosts.failed(str(exc), monotonic())
         return scrubbed(exc, self._secrets + secrets_in((arguments,)))
 
     def _note_birth(self, conn: Connection, now: float) -> None:
@@ -128,8 +132,11 @@ class Connecting(PoolCore):
         life = self._slots[id(conn)] = Slot(expires, now)
         if self._roles:
             life.off_role = role_test(conn)
-            if life.off_role is not None:
-                life.server = (conn.info.host, conn.info.port)
+        hosts = self._hosts
+        if life.off_role is not None or hosts.several:
+            life.server = (conn.info.host, conn.info.port)
+        if hosts.several:
+            hosts.landed(conn, now)
         # wrapt's constructor reads the connection's __module__: cheap if its
         # class is a Python one, an exception each time for psycopg2's own.
         self._wrap_at_birth = any("__module__" in vars(k) for k in type(conn).__mro__)

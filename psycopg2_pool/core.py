@@ -29,6 +29,7 @@ from ._masking import mask_text, secrets_in
 from .decisions import Connection, Request, status_name
 from .engine import AbstractConnectionPool
 from .errors import PoolClosed, PoolError, PoolTimeout
+from .hosts import HostOrder
 from .roles import asks_for_a_role
 from .slot import Slot
 from .workers import Workers
@@ -174,6 +175,8 @@ class PoolCore(AbstractConnectionPool):
         # Connections may have a role to keep (target_session_attrs): tested
         # at checkout and return. Decided once: other pools pay nothing for it.
         self._roles = asks_for_a_role(conninfo, kwargs, connect_kwargs)
+        # Which of several hosts to try first: the ones that failed lately last.
+        self._hosts = HostOrder()
         self._update_plain_checkout()
 
     def _make_handle_class(self) -> Any:

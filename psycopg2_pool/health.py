@@ -99,14 +99,19 @@ class Health(Connecting):
             idle = []
             for conn in self._pool:
                 life = self._slots.get(id(conn))
-                if life is not None and life.server == server:
+                if life is not None and life.server == server and life.off_role is not None:
                     idle.append(conn)
             for conn in idle:
                 self._pool.remove(conn)
             in_use = 0
             for conn in self._used.values():
                 life = self._slots.get(id(conn))
-                if life is not None and life.server == server and life.expires > 0.0:
+                if (
+                    life is not None
+                    and life.server == server
+                    and life.off_role is not None
+                    and life.expires > 0.0
+                ):
                     life.expires = 0.0  # closed when given back
                     in_use += 1
         if idle or in_use:
@@ -166,6 +171,8 @@ class Health(Connecting):
         return self._new_handle(self._handle_class)
 
     def _discard_checked_out(self, conn: Connection, lost: bool) -> None:
+        if lost:
+            self._lost_server(conn)
         with self._mutex:
             self._forget_connection(conn)
             if lost:
@@ -211,6 +218,8 @@ class Health(Connecting):
                 if not alive:
                     dead += 1
                     self._stats[S.CONNECTIONS_LOST] += 1
+            if not alive:
+                self._lost_server(conn)
             self._drop(conn)
             self._replace()
         if dead:
@@ -224,9 +233,50 @@ class Health(Connecting):
         if socket_alive(conn):
             life.verified = monotonic()
             return True
+        self._lost_server(conn)
         with self._mutex:
             self._stats[S.CONNECTIONS_LOST] += 1
         return False
+
+    def _restore(self, conn: Connection) -> bool:
+        if conn.closed == 2:  # broken, not closed by its user
+            self._lost_server(conn)
+        return super()._restore(conn)
+
+    def _lost_server(self, conn: Connection) -> None:
+        """``conn`` broke (outside the lock): of several hosts, leave its server.
+
+        A server that hangs (TCP up, no answers) breaks only the connections
+        clients bound in time; the idle ones look alive and would each cost a
+        client its bound too. So with several hosts to go to, the server is
+        tried last for a while (see hosts.py) and its idle connections are
+        closed; their replacements try the other hosts first.
+        """
+        life = self._slots.get(id(conn))
+        server = None if life is None else life.server
+        if server is None or not self._hosts.several:
+            return
+        self._hosts.lost(server, monotonic())
+        with self._mutex:
+            idle = []
+            for other in self._pool:
+                slot = self._slots.get(id(other))
+                if slot is not None and slot.server == server and other is not conn:
+                    idle.append(other)
+            for other in idle:
+                self._pool.remove(other)
+        if idle:
+            logger.warning(
+                "a connection of %r to %s:%s broke: closing its %d idle siblings,"
+                " new connections try the other hosts first",
+                self.name,
+                server[0],
+                server[1],
+                len(idle),
+            )
+        for other in idle:
+            self._drop(other)
+            self._replace()
 
     def _discarded_at_check(self, conn: Connection, timed_out: bool) -> bool:
         """Discard (and replace) a connection that failed the check broken."""

@@ -291,6 +291,10 @@ def _psycopg_pools(conninfo: str) -> Any:
 
 if __name__ == "__main__":  # pragma: no cover - run by hand
     factory = _psycopg_pools if sys.argv[1:] == ["psycopg_pool"] else _ours
-    for name, switch in (("failover", failover), ("switchover", switchover)):
-        result = run_switch(factory, switch)
+    for name, switch, bound in (
+        ("failover", failover, None),
+        ("switchover", switchover, None),
+        ("hung primary", hang, 0.5),  # each statement cut after 0.5 s
+    ):
+        result = run_switch(factory, switch, bound=bound)
         print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
