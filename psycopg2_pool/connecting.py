@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
@@ -52,16 +52,6 @@ def _bounds_connects(arguments: dict[str, Any]) -> bool:
 
 class Connecting(PoolCore):
     """Opening connections and growing the pool (see the module's docstring)."""
-
-    def _connect(self, key: Hashable | None = None) -> Connection:
-        conn = self._new_connection()
-        with self._mutex:
-            if key is not None:
-                self._used[key] = conn
-                self._rused[id(conn)] = key
-            else:
-                self._release(conn)
-        return conn
 
     def _new_connection(self, connect_timeout: float | None = None) -> Connection:
         """Open and configure a connection; nothing in the pool knows of it yet."""

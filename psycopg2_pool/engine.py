@@ -142,16 +142,23 @@ class AbstractConnectionPool(Decisions):
 
     def _connect(self, key: Hashable | None = None) -> Connection:
         """Create a new connection and assign it to ``key`` if not None."""
-        try:
-            conn: Connection = psycopg2.connect(*self._args, **self._kwargs)
-        except psycopg2.Error as exc:
-            raise scrubbed(exc, secrets_in((*self._args, self._kwargs))) from None
+        conn = self._new_connection()
         with self._mutex:
             if key is not None:
                 self._used[key] = conn
                 self._rused[id(conn)] = key
             else:
                 self._release(conn)
+        return conn
+
+    def _new_connection(self, connect_timeout: float | None = None) -> Connection:
+        """Open a connection with the pool's connect() arguments; nothing in the
+        pool knows of it yet. (The psycopg_pool-style pools bound the attempt
+        by ``connect_timeout``; psycopg2.pool never did.)"""
+        try:
+            conn: Connection = psycopg2.connect(*self._args, **self._kwargs)
+        except psycopg2.Error as exc:
+            raise scrubbed(exc, secrets_in((*self._args, self._kwargs))) from None
         return conn
 
     def _getconn(self, key: Hashable | None = None, timeout: float | None = None) -> Connection:

@@ -400,7 +400,7 @@ class ConnectionPool(BasePool):
             return
         # Counted while it is restored; the finally clause takes the count
         # back whatever interrupts the client (see engine._putconn).
-        restoring = healthy = kept = False
+        restoring = healthy = False
         try:
             with self._mutex:
                 self._forget_connection(conn)
@@ -409,12 +409,7 @@ class ConnectionPool(BasePool):
             healthy = self._restore(conn)
         finally:
             if restoring:
-                with self._mutex:
-                    self._pending -= 1
-                    kept = self._keep_failed(conn, healthy)
-        if not kept:
-            self._drop(conn)
-            self._replace()
+                self._file_failed(conn, healthy)
 
     def check(self) -> None:
         """Check the idle connections now; replace those that fail.
