@@ -350,6 +350,7 @@ ROLES: tuple[tuple[str, str], ...] = (
     ("null_policy", "shared base"),
     ("slot", "shared base"),
     ("roles", "shared base"),
+    ("hosts", "shared base"),
     ("async_waiting", "engine"),
     ("*connection*", "connections"),
     ("wrapper", "connections"),
