@@ -383,6 +383,14 @@ class Classifier:
             return Verdict(
                 INTERNALS, f"reads {attr}, an attribute psycopg_pool sets on its connections"
             )
+        submodule = re.match(r"module 'psycopg2_pool\.([\w.]+)' has no attribute", message)
+        if submodule:
+            # psycopg_pool's submodules are all private (its API is the package's
+            # __all__); the alias finds ours, which have other insides.
+            return Verdict(
+                INTERNALS,
+                f"reads psycopg_pool.{submodule.group(1)}.{attr}, private to psycopg_pool",
+            )
         if exc.get("obj_module") == "psycopg2_pool" and attr not in self.public_pool_names:
             return Verdict(
                 INTERNALS, f"uses psycopg_pool.{attr}, which psycopg_pool does not export"
