@@ -196,13 +196,11 @@ class AsyncBase(BasePool):
         """The sync pool's ``_in_role``: never hand out a connection whose server
         left the role asked for; it goes, with its siblings, and the client gets
         the next one."""
-        while True:
-            life = self._slots.get(id(conn))
-            if life is None or life.off_role is None or conn.closed or not life.off_role(conn):
-                return conn
-            self._retire_server(life.server, "at checkout")
+        while (server := self._left_role(conn)) is not False:
+            self._retire_server(server, "at checkout")
             self._discard_checked_out(conn, lost=False)
             conn = await self._next_candidate_async(deadline, timeout)
+        return conn
 
     async def _next_candidate_async(self, deadline: float, timeout: float) -> Connection:
         """The sync pool's ``_next_candidate``: the next connection, in the time left."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from time import monotonic
-from typing import Any
+from typing import Any, Literal
 
 import psycopg2
 from psycopg2 import extensions as _ext
@@ -76,13 +76,19 @@ class Health(Connecting):
         It is closed and so are its siblings on the same server (see
         :meth:`_retire_server`); the client gets the next one.
         """
-        while True:
-            life = self._slots.get(id(conn))
-            if life is None or life.off_role is None or conn.closed or not life.off_role(conn):
-                return conn
-            self._retire_server(life.server, "at checkout")
+        while (server := self._left_role(conn)) is not False:
+            self._retire_server(server, "at checkout")
             self._discard_checked_out(conn, lost=False)
             conn = self._cleaned(self._next_candidate(deadline, timeout), deadline, timeout)
+        return conn
+
+    def _left_role(self, conn: Connection) -> tuple[str, int] | Literal[False] | None:
+        """The server ``conn`` is on if that server left the role asked for
+        (None if unknown), or False if it did not."""
+        life = self._slots.get(id(conn))
+        if life is None or life.off_role is None or conn.closed or not life.off_role(conn):
+            return False
+        return life.server
 
     def _retire_server(self, server: tuple[str, int] | None, seen: str) -> None:
         """A connection to ``server`` no longer has the role its pool asked for:
